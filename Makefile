@@ -1,0 +1,32 @@
+# obsbus developer tasks. `make test` is the test command (CI runs it via .ci/run).
+PYTHON ?= python3
+VENV := .venv
+PYTEST_ARGS ?=
+
+.PHONY: venv postgres test lint clean-db
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --upgrade pip
+	$(VENV)/bin/python -m pip install -e '.[test]'
+	touch $@
+
+# Local PostgreSQL on 127.0.0.1 (data in var/postgres/); idempotent.
+postgres:
+	bash deploy/postgres.sh start
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# pytest exits non-zero (5) when no tests are collected: that fails the target.
+test: venv postgres lint
+	url=$$(bash deploy/postgres.sh url) && \
+	OBSBUS_TEST_POSTGRES_URL="$$url" $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+clean-db:
+	bash deploy/postgres.sh stop
+	rm -rf var/postgres

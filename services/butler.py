@@ -1,0 +1,162 @@
+"""The Butler: a repository folder = registry (database) + datastore (files).
+
+It is the library entry point for everything the CLI does. File and database changes are
+made together: the datastore transaction wraps the registry transaction, so a failure in
+either leaves neither a row without its file nor a file without its row.
+"""
+
+from __future__ import annotations
+
+import getpass
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .core.config import RepoConfig, read_config, write_config
+from .core.errors import DatasetNotFoundError
+from .core.timespan import Timespan
+from .datastore.datastore import FileDatastore, StoredFile
+from .registry.datasets import DatasetRef, DatasetType, IdGenerationMode, InsertOutcome
+from .registry.registry import CalibrationMatch, Registry
+
+
+def default_actor() -> str:
+    try:
+        return f"library:{getpass.getuser()}"
+    except OSError:  # no user name in some containers
+        return "library"
+
+
+@dataclass(frozen=True)
+class FileToIngest:
+    """One file and the dataset it becomes (see ``Butler.ingest``)."""
+
+    path: Path
+    ref: DatasetRef
+    formatter: str | None = None  # import path; None = from storage class and extension
+
+
+class Butler:
+    def __init__(self, root: Path, config: RepoConfig, registry: Registry) -> None:
+        self.root = root
+        self.config = config
+        self.registry = registry
+        self.datastore = FileDatastore(config.datastore_root(root), config.templates)
+
+    @classmethod
+    def create(
+        cls,
+        root: str | Path,
+        *,
+        db: str | None = None,
+        db_namespace: str | None = None,
+        actor: str | None = None,
+    ) -> Butler:
+        root = Path(root).resolve()
+        config = RepoConfig(db=db, db_namespace=db_namespace)
+        write_config(root, config)
+        registry = Registry.create(
+            config.db_url(root), config.namespace(), actor or default_actor()
+        )
+        config.datastore_root(root).mkdir(parents=True, exist_ok=True)
+        return cls(root, config, registry)
+
+    @classmethod
+    def open(cls, root: str | Path, *, actor: str | None = None) -> Butler:
+        root = Path(root).resolve()
+        config = read_config(root)
+        registry = Registry.open(config.db_url(root), config.namespace(), actor or default_actor())
+        return cls(root, config, registry)
+
+    def close(self) -> None:
+        self.registry.close()
+
+    def __enter__(self) -> Butler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def ingest(self, files: Sequence[FileToIngest], transfer: str = "copy") -> list[InsertOutcome]:
+        """Register datasets and bring their files in, all or nothing.
+
+        A dataset already present (same id) is left as it is and its file is not transferred
+        again, so repeating an ingest with deterministic ids is a no-op.
+        """
+        with self.datastore.transaction() as files_txn, self.registry.transaction():
+            outcomes = self.registry.insert_datasets([f.ref for f in files])
+            stored = [
+                files_txn.ingest(
+                    f.path,
+                    dataset_id=f.ref.id,
+                    dataset_type=f.ref.dataset_type.name,
+                    run=f.ref.run,
+                    data_id=f.ref.data_id,
+                    storage_class=f.ref.dataset_type.storage_class,
+                    formatter=f.formatter,
+                    transfer=transfer,
+                )
+                for f, outcome in zip(files, outcomes, strict=True)
+                if outcome == "inserted"
+            ]
+            self.registry.store_files(stored)
+        return outcomes
+
+    def put(
+        self,
+        obj: Any,
+        dataset_type: str,
+        data_id: Mapping[str, Any],
+        run: str,
+        *,
+        mode: IdGenerationMode = IdGenerationMode.UNIQUE,
+        formatter: str | None = None,
+    ) -> DatasetRef:
+        ref = self.registry.make_ref(dataset_type, data_id, run, mode)
+        with self.datastore.transaction() as files_txn, self.registry.transaction():
+            (outcome,) = self.registry.insert_datasets([ref])
+            if outcome == "inserted":
+                stored = files_txn.put(
+                    obj,
+                    dataset_id=ref.id,
+                    dataset_type=ref.dataset_type.name,
+                    run=run,
+                    data_id=ref.data_id,
+                    storage_class=ref.dataset_type.storage_class,
+                    formatter=formatter,
+                )
+                self.registry.store_files([stored])
+        return ref
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def find(
+        self,
+        dataset_type: str,
+        data_id: Mapping[str, Any],
+        collections: Sequence[str],
+        timespan: Timespan | None = None,
+        as_of: int | None = None,
+    ) -> CalibrationMatch:
+        parent, _ = DatasetType.split_component(dataset_type)
+        match = self.registry.find_dataset(parent, data_id, collections, timespan, as_of)
+        if match is None:
+            where = " at " + str(timespan) if timespan is not None else ""
+            raise DatasetNotFoundError(
+                f"no {parent} for {dict(data_id)} in {', '.join(collections)}{where}"
+            )
+        return match
+
+    def stored_file(self, ref: DatasetRef | uuid.UUID) -> StoredFile:
+        return self.registry.stored_file(ref.id if isinstance(ref, DatasetRef) else ref)
+
+    def get(self, ref: DatasetRef | uuid.UUID, component: str | None = None) -> Any:
+        """Read a dataset back, using only its datastore record."""
+        return self.datastore.read(self.stored_file(ref), component)
+
+    def uri(self, ref: DatasetRef | uuid.UUID) -> str:
+        return self.datastore.uri(self.stored_file(ref))

@@ -1,0 +1,235 @@
+"""Every error a user of obsbus can see, in one module.
+
+Each error's message is one line saying what was wrong and what to do. Each type carries a
+stable ``code`` (used as the reason code in ingest outcomes and bus events), so callers
+classify errors by type or code and never by matching message text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+class ObsbusError(Exception):
+    """Base of all obsbus errors; ``str(err)`` is the one-line message for the user."""
+
+    code = "error"
+
+
+# --- repository and configuration ------------------------------------------------------------
+
+
+class RepoError(ObsbusError):
+    code = "repo"
+
+
+class RepoNotFoundError(RepoError):
+    code = "repo_not_found"
+
+
+class RepoExistsError(RepoError):
+    code = "repo_exists"
+
+
+class ConfigError(ObsbusError):
+    code = "config"
+
+
+class SchemaVersionError(RepoError):
+    code = "schema_version"
+
+
+class DatabaseError(ObsbusError):
+    """The database refused or failed an operation that obsbus did not anticipate."""
+
+    code = "database"
+
+
+# --- dimensions and data IDs ------------------------------------------------------------------
+
+
+class DimensionError(ObsbusError):
+    code = "dimension"
+
+
+class UnknownDimensionError(DimensionError):
+    code = "unknown_dimension"
+
+
+class DataIdError(DimensionError):
+    code = "bad_data_id"
+
+
+class DimensionRecordError(DimensionError):
+    """A dimension record is malformed (missing or mistyped fields)."""
+
+    code = "bad_record"
+
+
+class RecordNotFoundError(DimensionError):
+    code = "record_not_found"
+
+
+class RecordExistsError(DimensionError):
+    code = "record_exists"
+
+
+class RecordConflictError(DimensionError):
+    """A record differs from the one already registered under the same key."""
+
+    code = "record_conflict"
+
+    def __init__(
+        self, element: str, key: Mapping[str, Any], diffs: Mapping[str, tuple[Any, Any]]
+    ) -> None:
+        self.element = element
+        self.key = dict(key)
+        self.diffs = dict(diffs)
+        key_text = ", ".join(f"{k}={v!r}" for k, v in self.key.items())
+        diff_text = "; ".join(f"{f}: {old!r} -> {new!r}" for f, (old, new) in self.diffs.items())
+        super().__init__(
+            f"{element} record {key_text} conflicts with the registered one ({diff_text}); "
+            "nothing was written: use an explicit update with a reason to change it"
+        )
+
+
+# --- dataset types, datasets and collections --------------------------------------------------
+
+
+class DatasetTypeError(ObsbusError):
+    code = "dataset_type"
+
+
+class MissingDatasetTypeError(DatasetTypeError):
+    code = "unknown_dataset_type"
+
+
+class DatasetTypeConflictError(DatasetTypeError):
+    code = "dataset_type_conflict"
+
+
+class NotACalibrationError(DatasetTypeError):
+    code = "not_a_calibration"
+
+
+class DatasetError(ObsbusError):
+    code = "dataset"
+
+
+class DatasetNotFoundError(DatasetError):
+    code = "dataset_not_found"
+
+
+class DatasetConflictError(DatasetError):
+    code = "dataset_conflict"
+
+
+class CollectionError(ObsbusError):
+    code = "collection"
+
+
+class MissingCollectionError(CollectionError):
+    code = "unknown_collection"
+
+
+class CollectionExistsError(CollectionError):
+    code = "collection_exists"
+
+
+class CollectionTypeError(CollectionError):
+    code = "collection_type"
+
+
+class ChainCycleError(CollectionError):
+    code = "chain_cycle"
+
+
+class CollectionFrozenError(CollectionError):
+    code = "collection_frozen"
+
+
+# --- calibrations -----------------------------------------------------------------------------
+
+
+class CalibrationError(ObsbusError):
+    code = "calibration"
+
+
+class CalibrationOverlapError(CalibrationError):
+    """Certifying would overlap validity ranges already in the collection."""
+
+    code = "validity_overlap"
+
+    def __init__(self, collection: str, dataset_type: str, conflicts: Sequence[str]) -> None:
+        self.collection = collection
+        self.dataset_type = dataset_type
+        self.conflicts = list(conflicts)
+        super().__init__(
+            f"cannot certify {dataset_type} into {collection}: overlaps "
+            + "; ".join(self.conflicts)
+            + " (decertify those ranges first or choose another validity range)"
+        )
+
+
+class CalibrationAmbiguityError(CalibrationError):
+    """A lookup time range matches more than one validity range."""
+
+    code = "ambiguous_calibration"
+
+
+class TimespanError(ObsbusError):
+    code = "bad_timespan"
+
+
+# --- datastore --------------------------------------------------------------------------------
+
+
+class DatastoreError(ObsbusError):
+    code = "datastore"
+
+
+class TransferError(DatastoreError):
+    code = "transfer"
+
+
+class PathEscapeError(DatastoreError):
+    code = "path_escape"
+
+
+class FormatterError(DatastoreError):
+    code = "formatter"
+
+
+class StorageClassError(DatastoreError):
+    code = "storage_class"
+
+
+class ChecksumError(DatastoreError):
+    code = "checksum"
+
+
+# --- queries and input ------------------------------------------------------------------------
+
+
+class ExpressionError(ObsbusError):
+    """A --where expression could not be parsed or refers to something unknown."""
+
+    code = "bad_expression"
+
+
+class InputError(ObsbusError):
+    """A user-supplied file or argument is malformed (e.g. an ingest table)."""
+
+    code = "bad_input"
+
+
+# --- instruments ------------------------------------------------------------------------------
+
+
+class InstrumentError(ObsbusError):
+    code = "instrument"
+
+
+class UnknownInstrumentError(InstrumentError):
+    code = "no_such_instrument"

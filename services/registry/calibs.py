@@ -1,0 +1,296 @@
+"""Certification of calibrations into CALIBRATION collections, and validity lookups.
+
+A validity row says "this dataset is valid for [begin, end) in this collection". Rows are never
+deleted: decertify stamps ``decertified_at`` and inserts what remains of the range, so a lookup
+"as of" moment T sees the rows with ``certified_at <= T < decertified_at``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy
+from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, and_, or_, select
+from sqlalchemy.engine import Connection, RowMapping
+
+from ..core.errors import CalibrationAmbiguityError, CalibrationOverlapError
+from ..core.timespan import Timespan, now_ns
+from .database import PG_EXCLUSION_VIOLATION, sqlstate
+
+
+@dataclass(frozen=True)
+class Validity:
+    """One certified range of one dataset in one CALIBRATION collection."""
+
+    collection_id: int
+    dataset_type_id: int
+    data_id_key: str
+    dataset_id: uuid.UUID
+    timespan: Timespan
+
+    def describe(self) -> str:
+        return f"{self.data_id_key} {self.timespan} (dataset {self.dataset_id})"
+
+
+class CalibrationManager:
+    def __init__(self, tables: Mapping[str, Table]) -> None:
+        self._v = tables["calib_validity"]
+
+    def _live(self, as_of: int | None) -> Any:
+        c = self._v.c
+        if as_of is None:
+            return c.decertified_at.is_(None)
+        return and_(
+            c.certified_at <= as_of, or_(c.decertified_at.is_(None), c.decertified_at > as_of)
+        )
+
+    @staticmethod
+    def _overlapping(ts: Timespan, begin: Any, end: Any) -> Any:
+        return and_(begin < ts.db_end, end > ts.db_begin)
+
+    def _row_validity(self, row: RowMapping) -> Validity:
+        return Validity(
+            row["collection_id"],
+            row["dataset_type_id"],
+            row["data_id_key"],
+            row["dataset_id"],
+            Timespan.from_db(row["begin_ns"], row["end_ns"]),
+        )
+
+    def find_overlaps(
+        self,
+        conn: Connection,
+        collection_id: int,
+        type_id: int,
+        keys: Sequence[str],
+        ts: Timespan,
+    ) -> list[Validity]:
+        c = self._v.c
+        rows = conn.execute(
+            select(self._v)
+            .where(
+                c.collection_id == collection_id,
+                c.dataset_type_id == type_id,
+                c.data_id_key.in_(keys),
+                self._live(None),
+                self._overlapping(ts, c.begin_ns, c.end_ns),
+            )
+            .order_by(c.data_id_key, c.begin_ns)
+        ).mappings()
+        return [self._row_validity(r) for r in rows]
+
+    def certify(
+        self,
+        conn: Connection,
+        collection: str,
+        dataset_type: str,
+        entries: Sequence[Validity],
+        by: str,
+    ) -> int:
+        """Insert validity rows; an identical live row is a no-op; any overlap writes nothing."""
+        conflicts: list[str] = []
+        new: list[Validity] = []
+        for entry in entries:
+            stored = self.find_overlaps(
+                conn,
+                entry.collection_id,
+                entry.dataset_type_id,
+                [entry.data_id_key],
+                entry.timespan,
+            )
+            pending = [
+                v
+                for v in new
+                if v.data_id_key == entry.data_id_key and v.timespan.overlaps(entry.timespan)
+            ]
+            if stored == [entry] and not pending:
+                continue  # already certified exactly so: replays and retries are no-ops
+            if stored or pending:
+                conflicts.extend(v.describe() for v in (*stored, *pending))
+                continue
+            new.append(entry)
+        if conflicts:
+            raise CalibrationOverlapError(collection, dataset_type, sorted(set(conflicts)))
+        if not new:
+            return 0
+        at = now_ns()
+        rows = [
+            {
+                "collection_id": v.collection_id,
+                "dataset_type_id": v.dataset_type_id,
+                "data_id_key": v.data_id_key,
+                "dataset_id": v.dataset_id,
+                "begin_ns": v.timespan.db_begin,
+                "end_ns": v.timespan.db_end,
+                "certified_at": at,
+                "certified_by": by,
+            }
+            for v in new
+        ]
+        try:
+            with conn.begin_nested():
+                conn.execute(self._v.insert(), rows)
+        except sqlalchemy.exc.IntegrityError as err:
+            # A concurrent writer won the race on PostgreSQL; report what is now in the way.
+            if sqlstate(err) != PG_EXCLUSION_VIOLATION:
+                raise
+            clashes = [
+                v
+                for entry in new
+                for v in self.find_overlaps(
+                    conn,
+                    entry.collection_id,
+                    entry.dataset_type_id,
+                    [entry.data_id_key],
+                    entry.timespan,
+                )
+            ]
+            raise CalibrationOverlapError(
+                collection, dataset_type, sorted({v.describe() for v in clashes})
+            ) from None
+        return len(rows)
+
+    def decertify(
+        self,
+        conn: Connection,
+        collection_id: int,
+        type_id: int,
+        ts: Timespan,
+        keys: Sequence[str] | None,
+        by: str,
+    ) -> int:
+        """Cut ``ts`` out of every matching live range (splitting ranges where needed)."""
+        c = self._v.c
+        stmt = select(self._v).where(
+            c.collection_id == collection_id,
+            c.dataset_type_id == type_id,
+            self._live(None),
+            self._overlapping(ts, c.begin_ns, c.end_ns),
+        )
+        if keys is not None:
+            stmt = stmt.where(c.data_id_key.in_(keys))
+        rows = list(conn.execute(stmt).mappings())
+        if not rows:
+            return 0
+        at = now_ns()
+        conn.execute(
+            self._v.update()
+            .where(c.id.in_([r["id"] for r in rows]))
+            .values(decertified_at=at, decertified_by=by)
+        )
+        pieces = []
+        for row in rows:
+            for piece in self._row_validity(row).timespan.difference(ts):
+                pieces.append(
+                    {
+                        "collection_id": row["collection_id"],
+                        "dataset_type_id": row["dataset_type_id"],
+                        "data_id_key": row["data_id_key"],
+                        "dataset_id": row["dataset_id"],
+                        "begin_ns": piece.db_begin,
+                        "end_ns": piece.db_end,
+                        "certified_at": at,
+                        "certified_by": f"{by} (remainder)",
+                    }
+                )
+        if pieces:
+            conn.execute(self._v.insert(), pieces)
+        return len(rows)
+
+    def lookup(
+        self,
+        conn: Connection,
+        collection_id: int,
+        type_id: int,
+        key: str,
+        ts: Timespan,
+        as_of: int | None,
+        describe: str,
+    ) -> Validity | None:
+        c = self._v.c
+        rows = list(
+            conn.execute(
+                select(self._v)
+                .where(
+                    c.collection_id == collection_id,
+                    c.dataset_type_id == type_id,
+                    c.data_id_key == key,
+                    self._live(as_of),
+                    self._overlapping(ts, c.begin_ns, c.end_ns),
+                )
+                .order_by(c.begin_ns)
+            ).mappings()
+        )
+        if len(rows) > 1:
+            ranges = "; ".join(str(self._row_validity(r).timespan) for r in rows)
+            raise CalibrationAmbiguityError(
+                f"{describe}: the time range {ts} spans {len(rows)} validity ranges ({ranges}); "
+                "ask for a single time or a narrower range"
+            )
+        return self._row_validity(rows[0]) if rows else None
+
+    def bulk_lookup(
+        self,
+        conn: Connection,
+        collection_ids: Sequence[int],
+        type_id: int,
+        queries: Sequence[tuple[str, Timespan]],
+        as_of: int | None,
+    ) -> list[list[Validity]]:
+        """All live matches for many (data ID key, timespan) queries in one joined query."""
+        tmp = Table(
+            f"calib_query_{uuid.uuid4().hex[:12]}",
+            MetaData(),
+            Column("idx", Integer, primary_key=True),
+            Column("data_id_key", String(512)),
+            Column("begin_ns", BigInteger),
+            Column("end_ns", BigInteger),
+            prefixes=["TEMPORARY"],
+        )
+        tmp.create(conn)
+        try:
+            conn.execute(
+                tmp.insert(),
+                [
+                    {"idx": i, "data_id_key": k, "begin_ns": ts.db_begin, "end_ns": ts.db_end}
+                    for i, (k, ts) in enumerate(queries)
+                ],
+            )
+            c, q = self._v.c, tmp.c
+            stmt = (
+                select(q.idx, self._v)
+                .join(
+                    self._v,
+                    and_(
+                        c.data_id_key == q.data_id_key, c.begin_ns < q.end_ns, c.end_ns > q.begin_ns
+                    ),
+                )
+                .where(
+                    c.collection_id.in_(collection_ids),
+                    c.dataset_type_id == type_id,
+                    self._live(as_of),
+                )
+            )
+            out: list[list[Validity]] = [[] for _ in queries]
+            for row in conn.execute(stmt).mappings():
+                out[row["idx"]].append(self._row_validity(row))
+            return out
+        finally:
+            tmp.drop(conn)
+
+    def live(
+        self,
+        conn: Connection,
+        collection_id: int,
+        type_id: int | None,
+        as_of: int | None,
+    ) -> list[Validity]:
+        c = self._v.c
+        stmt = select(self._v).where(c.collection_id == collection_id, self._live(as_of))
+        if type_id is not None:
+            stmt = stmt.where(c.dataset_type_id == type_id)
+        rows = conn.execute(stmt.order_by(c.dataset_type_id, c.data_id_key, c.begin_ns))
+        return [self._row_validity(r) for r in rows.mappings()]

@@ -1,0 +1,102 @@
+"""Database connection and transactions (SQLite embedded default, PostgreSQL by URL).
+
+Write transactions on SQLite start with ``BEGIN IMMEDIATE`` so a check-then-insert cannot
+interleave with another writer; PostgreSQL adds database constraints for the same rules.
+Driver errors never reach users raw: they become ``DatabaseError`` with one line.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from ..core.errors import DatabaseError
+
+# SQLSTATE codes we react to (classified by code, never by message text).
+PG_EXCLUSION_VIOLATION = "23P01"
+PG_UNIQUE_VIOLATION = "23505"
+
+
+def sqlstate(err: sqlalchemy.exc.DBAPIError) -> str | None:
+    return getattr(err.orig, "sqlstate", None)
+
+
+def create_engine(url: str, namespace: str | None = None) -> Engine:
+    """An engine for ``url``; ``namespace`` is a PostgreSQL schema holding this repo's tables."""
+    try:
+        parsed = sqlalchemy.make_url(url)
+    except sqlalchemy.exc.ArgumentError as err:
+        raise DatabaseError(f"cannot read database URL {url!r}: {err}") from None
+    if parsed.get_backend_name() == "sqlite":
+        engine = sqlalchemy.create_engine(parsed, connect_args={"timeout": 60})
+        _configure_sqlite(engine)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        connect_args: dict[str, Any] = {}
+        if namespace:
+            connect_args["options"] = f"-csearch_path={namespace},public"
+        return sqlalchemy.create_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
+    raise DatabaseError(
+        f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or postgresql+psycopg://"
+    )
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy (below) decide when transactions begin, not the sqlite3 module.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+class Database:
+    """Owns the engine and the current thread's transaction (nested calls join it)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._local = threading.local()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[Connection]:
+        current: Connection | None = getattr(self._local, "conn", None)
+        if current is not None:
+            yield current
+            return
+        with self.engine.connect() as conn:
+            if write and self.dialect == "sqlite":
+                conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+            self._local.conn = conn
+            try:
+                with conn.begin():
+                    yield conn
+            except sqlalchemy.exc.DBAPIError as err:
+                raise DatabaseError(_one_line(err)) from err
+            finally:
+                self._local.conn = None
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _one_line(err: sqlalchemy.exc.DBAPIError) -> str:
+    detail = str(err.orig).strip().splitlines()[0] if err.orig is not None else "unknown"
+    return f"the registry database refused the operation ({type(err.orig).__name__}: {detail})"

@@ -1,0 +1,633 @@
+"""The Registry: one object in front of dimension records, datasets, collections and calibs.
+
+Every public method runs in a transaction (joining the caller's ``transaction()`` if one is
+open), so a group of calls can be made atomic: ``with registry.transaction(): ...``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import and_, select
+from sqlalchemy.engine import Connection
+
+from ..core import where
+from ..core.dimensions import DataId, DimensionUniverse, default_universe
+from ..core.errors import (
+    CalibrationAmbiguityError,
+    CollectionTypeError,
+    DataIdError,
+    ExpressionError,
+    NotACalibrationError,
+    RecordNotFoundError,
+)
+from ..core.timespan import Timespan
+from ..datastore.datastore import StoredFile
+from . import versioning
+from .calibs import CalibrationManager, Validity
+from .collections import Collection, CollectionManager, CollectionType
+from .database import Database, create_engine
+from .datasets import (
+    DatasetManager,
+    DatasetRef,
+    DatasetType,
+    IdGenerationMode,
+    InsertOutcome,
+    make_dataset_id,
+)
+from .records import DimensionRecords, Record, SyncResult
+from .schema import build_metadata
+
+ChainMode = Literal["redefine", "extend", "prepend", "remove"]
+InstallOutcome = Literal["unchanged", "installed", "swapped"]
+
+
+@dataclass(frozen=True)
+class CalibrationMatch:
+    """A calibration found by a lookup, with where and for what range it was found."""
+
+    ref: DatasetRef
+    collection: str
+    timespan: Timespan | None  # None when found in a RUN or TAGGED collection
+
+
+class Registry:
+    def __init__(self, db: Database, universe: DimensionUniverse, actor: str) -> None:
+        self.db = db
+        self.universe = universe
+        self.actor = actor  # who is writing: stamped on history rows
+        tables = build_metadata(universe).tables
+        self.records = DimensionRecords(universe, tables)
+        self.collections = CollectionManager(tables)
+        self.datasets = DatasetManager(universe, tables)
+        self.calibs = CalibrationManager(tables)
+
+    @classmethod
+    def create(cls, url: str, namespace: str | None = None, actor: str = "obsbus") -> Registry:
+        engine = create_engine(url, namespace)
+        db = Database(engine)
+        with db.transaction() as conn:
+            if namespace and db.dialect == "postgresql":
+                conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{namespace}"')
+            versioning.upgrade(conn)
+        return cls(db, default_universe(), actor)
+
+    @classmethod
+    def open(cls, url: str, namespace: str | None = None, actor: str = "obsbus") -> Registry:
+        db = Database(create_engine(url, namespace))
+        with db.transaction(write=False) as conn:
+            versioning.check(conn, f"registry {url}" + (f" ({namespace})" if namespace else ""))
+        return cls(db, default_universe(), actor)
+
+    def migrate(self) -> tuple[str | None, str]:
+        with self.db.transaction() as conn:
+            before = versioning.current_revision(conn)
+            versioning.upgrade(conn)
+        return before, versioning.head_revision()
+
+    def close(self) -> None:
+        self.db.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self.db.transaction() as conn:
+            yield conn
+
+    def _read(self) -> Any:
+        return self.db.transaction(write=False)
+
+    # --- dimension records ----------------------------------------------------------------------
+
+    def insert_dimension_records(self, element: str, records: Sequence[Mapping[str, Any]]) -> int:
+        with self.transaction() as conn:
+            return self.records.insert(conn, element, records)
+
+    def sync_dimension_records(
+        self, element: str, records: Sequence[Mapping[str, Any]]
+    ) -> list[SyncResult]:
+        with self.transaction() as conn:
+            return self.records.sync_many(conn, element, records)
+
+    def sync_dimension_record(self, element: str, record: Mapping[str, Any]) -> SyncResult:
+        return self.sync_dimension_records(element, [record])[0]
+
+    def update_dimension_record(
+        self, element: str, record: Mapping[str, Any], *, reason: str
+    ) -> dict[str, tuple[Any, Any]]:
+        with self.transaction() as conn:
+            return self.records.update(conn, element, record, reason=reason, by=self.actor)
+
+    def fetch_dimension_record(self, element: str, key: Mapping[str, Any]) -> Record | None:
+        with self._read() as conn:
+            return self.records.fetch(conn, element, key)
+
+    def query_dimension_records(self, element: str, expr: str | None = None) -> list[Record]:
+        with self._read() as conn:
+            return self.records.query(conn, element, expr)
+
+    def record_audit(self, element: str | None = None) -> list[Record]:
+        with self._read() as conn:
+            return self.records.audit(conn, element)
+
+    def expand_data_id(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Fill in the dimensions implied by the given ones (e.g. an exposure's filter and band)."""
+        out = dict(values)
+        with self._read() as conn:
+            changed = True
+            while changed:
+                changed = False
+                for element in self.universe.dimensions:
+                    if element.name not in out or not element.implies:
+                        continue
+                    if all(d in out for d in element.implies):
+                        continue
+                    assert element.key is not None
+                    key = {d: out[d] for d in element.requires if d in out}
+                    key[element.key.name] = out[element.name]
+                    record = self.records.fetch(conn, element.name, key)
+                    if record is None:
+                        raise RecordNotFoundError(
+                            f"no {element.name} record for {key}; register it first"
+                        )
+                    for dim in element.implies:
+                        if record.get(dim) is not None and dim not in out:
+                            out[dim] = record[dim]
+                            changed = True
+        return out
+
+    # --- detector installations -----------------------------------------------------------------
+
+    def record_installation(
+        self, instrument: str, detector: int, serial: str, since_ns: int
+    ) -> InstallOutcome:
+        """Note that ``serial`` sits in slot ``detector`` from ``since_ns`` on.
+
+        Returns "unchanged" when the slot already holds that device at that time, "installed"
+        for the slot's first device, "swapped" when it replaces another device.
+        """
+        table = self.records.table("detector_installation")
+        c = table.c
+        with self.transaction() as conn:
+            self.records.sync(
+                conn, "physical_detector", {"instrument": instrument, "serial": serial}
+            )
+            rows = list(
+                conn.execute(
+                    select(table)
+                    .where(c.instrument == instrument, c.detector == detector)
+                    .order_by(c.timespan_begin)
+                ).mappings()
+            )
+            current = next(
+                (r for r in rows if r["timespan_begin"] <= since_ns < r["timespan_end"]), None
+            )
+            if current is not None and current["physical_detector"] == serial:
+                return "unchanged"
+            later = [r["timespan_begin"] for r in rows if r["timespan_begin"] > since_ns]
+            end = min(later) if later else Timespan(None, None).db_end
+            if current is not None:
+                conn.execute(
+                    table.update()
+                    .where(
+                        c.instrument == instrument,
+                        c.detector == detector,
+                        c.physical_detector == current["physical_detector"],
+                        c.timespan_begin == current["timespan_begin"],
+                    )
+                    .values(timespan_end=since_ns)
+                )
+            conn.execute(
+                table.insert().values(
+                    instrument=instrument,
+                    detector=detector,
+                    physical_detector=serial,
+                    timespan_begin=since_ns,
+                    timespan_end=end,
+                )
+            )
+            return "installed" if not rows else "swapped"
+
+    def installed_detector(self, instrument: str, detector: int, at_ns: int) -> str | None:
+        """Serial of the device in slot ``detector`` at moment ``at_ns``."""
+        table = self.records.table("detector_installation")
+        c = table.c
+        with self._read() as conn:
+            serial = conn.execute(
+                select(c.physical_detector).where(
+                    c.instrument == instrument,
+                    c.detector == detector,
+                    c.timespan_begin <= at_ns,
+                    c.timespan_end > at_ns,
+                )
+            ).scalar()
+        return None if serial is None else str(serial)
+
+    # --- dataset types --------------------------------------------------------------------------
+
+    def register_dataset_type(self, dataset_type: DatasetType) -> bool:
+        with self.transaction() as conn:
+            return self.datasets.register_type(conn, dataset_type)
+
+    def get_dataset_type(self, name: str) -> DatasetType:
+        with self._read() as conn:
+            return self.datasets.get_type(conn, name)
+
+    def query_dataset_types(self) -> list[DatasetType]:
+        with self._read() as conn:
+            return self.datasets.list_types(conn)
+
+    # --- collections ----------------------------------------------------------------------------
+
+    def register_collection(self, name: str, type_: CollectionType, doc: str | None = None) -> bool:
+        with self.transaction() as conn:
+            return self.collections.register(conn, name, type_, doc)[1]
+
+    def register_run(self, name: str, doc: str | None = None) -> bool:
+        return self.register_collection(name, CollectionType.RUN, doc)
+
+    def get_collection(self, name: str) -> Collection:
+        with self._read() as conn:
+            return self.collections.get(conn, name)
+
+    def query_collections(self) -> list[Collection]:
+        with self._read() as conn:
+            return self.collections.all(conn)
+
+    def get_chain(self, parent: str, as_of: int | None = None) -> list[str]:
+        with self._read() as conn:
+            collection = self.collections.get(conn, parent, expect=CollectionType.CHAINED)
+            return self.collections.children(conn, collection, as_of)
+
+    def set_chain(
+        self, parent: str, children: Sequence[str], mode: ChainMode = "redefine"
+    ) -> list[str]:
+        with self.transaction() as conn:
+            self.collections.register(conn, parent, CollectionType.CHAINED)
+            current = self.collections.children(conn, self.collections.get(conn, parent), None)
+            new = _apply_chain_mode(current, list(children), mode)
+            return self.collections.set_chain(conn, parent, new, self.actor)
+
+    def freeze_collection(self, name: str) -> Collection:
+        with self.transaction() as conn:
+            return self.collections.freeze(conn, name, self.actor)
+
+    def resolve_collections(self, names: Sequence[str], as_of: int | None = None) -> list[str]:
+        with self._read() as conn:
+            return self.collections.flatten(conn, names, as_of)
+
+    # --- datasets -------------------------------------------------------------------------------
+
+    def make_ref(
+        self,
+        dataset_type: str | DatasetType,
+        data_id: Mapping[str, Any],
+        run: str,
+        mode: IdGenerationMode = IdGenerationMode.UNIQUE,
+    ) -> DatasetRef:
+        dt = self.get_dataset_type(dataset_type) if isinstance(dataset_type, str) else dataset_type
+        normalized = self.universe.data_id(dt.dimensions, data_id)
+        return DatasetRef(make_dataset_id(dt.name, normalized, run, mode), dt, normalized, run)
+
+    def insert_datasets(self, refs: Sequence[DatasetRef]) -> list[InsertOutcome]:
+        """Add datasets to their runs (created if needed); repeats of the same id are no-ops."""
+        outcomes: list[InsertOutcome] = []
+        with self.transaction() as conn:
+            by_run: dict[str, list[int]] = {}
+            for i, ref in enumerate(refs):
+                by_run.setdefault(ref.run, []).append(i)
+            results: dict[int, InsertOutcome] = {}
+            for run, idxs in by_run.items():
+                run_col, _ = self.collections.register(conn, run, CollectionType.RUN)
+                run_col.check_writable("add datasets")
+                group = [refs[i] for i in idxs]
+                self._check_data_ids_registered(conn, group)
+                for i, outcome in zip(
+                    idxs, self.datasets.insert(conn, run_col.id, group), strict=True
+                ):
+                    results[i] = outcome
+            outcomes = [results[i] for i in range(len(refs))]
+        return outcomes
+
+    def _check_data_ids_registered(self, conn: Connection, refs: Sequence[DatasetRef]) -> None:
+        """Every dimension value of a dataset must have its record (the registry's integrity)."""
+        for dim in self.universe.closure(d for r in refs for d in r.data_id):
+            element = self.universe[dim]
+            assert element.key is not None
+            keys = [
+                {**{d: r.data_id[d] for d in element.requires}, element.key.name: r.data_id[dim]}
+                for r in refs
+                if dim in r.data_id
+            ]
+            found = self.records.fetch_many(conn, dim, keys)
+            for key in keys:
+                if tuple(key[c] for c in element.key_columns) not in found:
+                    raise DataIdError(
+                        f"data ID value {dim}={key[element.key.name]!r} is not registered "
+                        f"(no {dim} record for {key}); register it first"
+                    )
+
+    def get_dataset(self, dataset_id: uuid.UUID) -> DatasetRef:
+        with self._read() as conn:
+            return self.datasets.get_refs(conn, [dataset_id])[0]
+
+    def store_files(self, files: Sequence[StoredFile]) -> None:
+        with self.transaction() as conn:
+            self.datasets.store_files(conn, files)
+
+    def stored_file(self, dataset_id: uuid.UUID) -> StoredFile:
+        with self._read() as conn:
+            return self.datasets.stored_file(conn, dataset_id)
+
+    def associate(self, collection: str, refs: Sequence[DatasetRef]) -> None:
+        with self.transaction() as conn:
+            tagged = self.collections.get(conn, collection, expect=CollectionType.TAGGED)
+            tagged.check_writable("associate datasets")
+            self.datasets.tag(conn, tagged.id, refs)
+
+    def disassociate(self, collection: str, refs: Sequence[DatasetRef]) -> None:
+        with self.transaction() as conn:
+            tagged = self.collections.get(conn, collection, expect=CollectionType.TAGGED)
+            tagged.check_writable("disassociate datasets")
+            self.datasets.untag(conn, tagged.id, refs)
+
+    def find_dataset(
+        self,
+        dataset_type: str,
+        data_id: Mapping[str, Any],
+        collections: Sequence[str],
+        timespan: Timespan | None = None,
+        as_of: int | None = None,
+    ) -> CalibrationMatch | None:
+        """The first match along the collection search path (CALIBRATION needs a timespan)."""
+        with self._read() as conn:
+            type_id, dt = self.datasets.type_with_id(conn, dataset_type)
+            values = self._expand_for(conn, dt, data_id)
+            normalized = self.universe.data_id(dt.dimensions, values)
+            for name in self.collections.flatten(conn, collections, as_of):
+                collection = self.collections.get(conn, name)
+                match = self._find_in(conn, collection, type_id, dt, normalized, timespan, as_of)
+                if match is not None:
+                    return match
+        return None
+
+    def _expand_for(self, conn: Connection, dt: DatasetType, data_id: Mapping[str, Any]) -> Any:
+        if all(d in data_id for d in dt.dimensions):
+            return data_id
+        return self.expand_data_id(data_id)
+
+    def _find_in(
+        self,
+        conn: Connection,
+        collection: Collection,
+        type_id: int,
+        dt: DatasetType,
+        data_id: DataId,
+        timespan: Timespan | None,
+        as_of: int | None,
+    ) -> CalibrationMatch | None:
+        ref: DatasetRef | None = None
+        if collection.type is CollectionType.RUN:
+            ref = self.datasets.find_in_run(conn, type_id, data_id, collection.id)
+        elif collection.type is CollectionType.TAGGED:
+            ref = self.datasets.find_in_tagged(conn, type_id, data_id, collection.id)
+        elif collection.type is CollectionType.CALIBRATION and timespan is not None:
+            found = self.calibs.lookup(
+                conn,
+                collection.id,
+                type_id,
+                data_id.key,
+                timespan,
+                as_of,
+                f"{dt.name} {data_id} in {collection.name}",
+            )
+            if found is not None:
+                ref = self.datasets.get_refs(conn, [found.dataset_id])[0]
+                return CalibrationMatch(ref, collection.name, found.timespan)
+        return None if ref is None else CalibrationMatch(ref, collection.name, None)
+
+    def query_datasets(
+        self,
+        dataset_type: str,
+        collections: Sequence[str],
+        expr: str | None = None,
+        find_first: bool = False,
+    ) -> list[tuple[DatasetRef, str]]:
+        """Datasets of a type in the collections (each with the collection it was found in)."""
+        with self._read() as conn:
+            type_id, dt = self.datasets.type_with_id(conn, dataset_type)
+            condition = self._where(dt, expr) if expr else None
+            out: list[tuple[DatasetRef, str]] = []
+            seen: set[str] = set()
+            for name in self.collections.flatten(conn, collections):
+                collection = self.collections.get(conn, name)
+                if collection.type is CollectionType.RUN:
+                    refs = self.datasets.query(conn, type_id, [collection.id], [], condition)
+                elif collection.type is CollectionType.TAGGED:
+                    refs = self.datasets.query(conn, type_id, [], [collection.id], condition)
+                else:
+                    ids = {
+                        v.dataset_id for v in self.calibs.live(conn, collection.id, type_id, None)
+                    }
+                    refs = self._refs_matching(conn, sorted(ids), type_id, condition)
+                for ref in sorted(refs, key=lambda r: r.data_id.key):
+                    if find_first and ref.data_id.key in seen:
+                        continue
+                    seen.add(ref.data_id.key)
+                    out.append((ref, name))
+            return out
+
+    def _refs_matching(
+        self, conn: Connection, ids: Sequence[uuid.UUID], type_id: int, condition: Any
+    ) -> list[DatasetRef]:
+        if not ids:
+            return []
+        table = self.datasets.dataset_table
+        stmt = select(table.c.id).where(table.c.id.in_(ids), table.c.dataset_type_id == type_id)
+        if condition is not None:
+            stmt = stmt.where(condition)
+        return self.datasets.get_refs(conn, list(conn.execute(stmt).scalars()))
+
+    def _where(self, dt: DatasetType, expr: str) -> Any:
+        """Compile --where for datasets: data ID keys, or ``element.field`` of their records."""
+        table = self.datasets.dataset_table
+        tree = where.parse(expr)
+        joins: dict[str, Any] = {}
+
+        def resolve(name: str) -> Any:
+            element_name, dot, field = name.partition(".")
+            if not dot:
+                if name in dt.dimensions:
+                    return table.c[name]
+                raise ExpressionError(
+                    f"{dt.name} has no dimension {name!r}; its dimensions: "
+                    f"{', '.join(dt.dimensions)}"
+                )
+            if element_name not in dt.dimensions:
+                raise ExpressionError(f"{name!r}: {element_name} is not a dimension of {dt.name}")
+            element = self.universe[element_name]
+            rec = self.records.table(element_name)
+            if field not in rec.c or field.startswith("timespan_"):
+                raise ExpressionError(f"{element_name} has no field {field!r}")
+            joins[element_name] = (rec, element)
+            return rec.c[field]
+
+        condition = where.to_sql(tree, resolve)
+        if not joins:
+            return condition
+        # Record fields constrain the dataset through EXISTS over the matching records.
+        return _correlated(table, joins, condition)
+
+    # --- calibrations ---------------------------------------------------------------------------
+
+    def certify(self, collection: str, refs: Sequence[DatasetRef], timespan: Timespan) -> int:
+        with self.transaction() as conn:
+            self.collections.register(conn, collection, CollectionType.CALIBRATION)
+            target = self.collections.get(conn, collection, expect=CollectionType.CALIBRATION)
+            target.check_writable("certify into it")
+            by_type: dict[str, list[Validity]] = {}
+            for ref in refs:
+                type_id, dt = self.datasets.type_with_id(conn, ref.dataset_type.name)
+                if not dt.is_calibration:
+                    raise NotACalibrationError(
+                        f"dataset type {dt.name!r} is not a calibration type: only datasets of "
+                        "types registered with --is-calibration can be certified"
+                    )
+                by_type.setdefault(dt.name, []).append(
+                    Validity(target.id, type_id, ref.data_id.key, ref.id, timespan)
+                )
+            self.datasets.get_refs(conn, [r.id for r in refs])  # all must exist
+            return sum(
+                self.calibs.certify(conn, collection, name, entries, self.actor)
+                for name, entries in by_type.items()
+            )
+
+    def decertify(
+        self,
+        collection: str,
+        dataset_type: str,
+        timespan: Timespan,
+        data_ids: Sequence[Mapping[str, Any]] | None = None,
+    ) -> int:
+        with self.transaction() as conn:
+            target = self.collections.get(conn, collection, expect=CollectionType.CALIBRATION)
+            target.check_writable("decertify from it")
+            type_id, dt = self.datasets.type_with_id(conn, dataset_type)
+            keys = None
+            if data_ids is not None:
+                keys = [self.universe.data_id(dt.dimensions, d).key for d in data_ids]
+            return self.calibs.decertify(conn, target.id, type_id, timespan, keys, self.actor)
+
+    def find_calibration(
+        self,
+        dataset_type: str,
+        data_id: Mapping[str, Any],
+        collections: Sequence[str],
+        timespan: Timespan,
+        as_of: int | None = None,
+    ) -> CalibrationMatch | None:
+        return self.find_dataset(dataset_type, data_id, collections, timespan, as_of)
+
+    def exposure_timespan(self, instrument: str, exposure: int) -> Timespan:
+        record = self.fetch_dimension_record("exposure", {"instrument": instrument, "id": exposure})
+        if record is None:
+            raise RecordNotFoundError(f"no exposure {exposure} of {instrument} is registered")
+        if record["timespan"] is None:
+            raise RecordNotFoundError(f"exposure {exposure} of {instrument} has no timespan")
+        ts: Timespan = record["timespan"]
+        return ts
+
+    def find_calibrations_bulk(
+        self,
+        dataset_type: str,
+        collections: Sequence[str],
+        queries: Sequence[tuple[Mapping[str, Any], Timespan]],
+        as_of: int | None = None,
+    ) -> list[CalibrationMatch | None]:
+        """Resolve many (data ID, timespan) lookups with one joined query per search."""
+        with self._read() as conn:
+            type_id, dt = self.datasets.type_with_id(conn, dataset_type)
+            names = self.collections.flatten(conn, collections, as_of)
+            cols = [self.collections.get(conn, n) for n in names]
+            calib_cols = [c for c in cols if c.type is CollectionType.CALIBRATION]
+            if len(calib_cols) != len(cols):
+                other = [c.name for c in cols if c.type is not CollectionType.CALIBRATION]
+                raise CollectionTypeError(
+                    f"bulk calibration lookups search CALIBRATION collections only; "
+                    f"{', '.join(other)} are not"
+                )
+            keys = [self.universe.data_id(dt.dimensions, d).key for d, _ in queries]
+            matches = self.calibs.bulk_lookup(
+                conn,
+                [c.id for c in calib_cols],
+                type_id,
+                [(k, ts) for k, (_, ts) in zip(keys, queries, strict=True)],
+                as_of,
+            )
+            rank = {c.id: i for i, c in enumerate(calib_cols)}
+            chosen: list[Validity | None] = []
+            for key, (_, ts), found in zip(keys, queries, matches, strict=True):
+                if not found:
+                    chosen.append(None)
+                    continue
+                best = min(rank[v.collection_id] for v in found)
+                winners = [v for v in found if rank[v.collection_id] == best]
+                if len(winners) > 1:
+                    raise CalibrationAmbiguityError(
+                        f"{dt.name} {key}: the time range {ts} spans {len(winners)} validity "
+                        f"ranges in {calib_cols[best].name}; ask for a narrower range"
+                    )
+                chosen.append(winners[0])
+            ids = sorted({v.dataset_id for v in chosen if v is not None})
+            refs = {r.id: r for r in self.datasets.get_refs(conn, ids)} if ids else {}
+            names_by_id = {c.id: c.name for c in calib_cols}
+            return [
+                None
+                if v is None
+                else CalibrationMatch(refs[v.dataset_id], names_by_id[v.collection_id], v.timespan)
+                for v in chosen
+            ]
+
+    def query_calibrations(
+        self, collection: str, dataset_type: str | None = None, as_of: int | None = None
+    ) -> list[tuple[DatasetRef, Timespan]]:
+        with self._read() as conn:
+            target = self.collections.get(conn, collection, expect=CollectionType.CALIBRATION)
+            type_id = None
+            if dataset_type is not None:
+                type_id = self.datasets.type_with_id(conn, dataset_type)[0]
+            rows = self.calibs.live(conn, target.id, type_id, as_of)
+            refs = (
+                {r.id: r for r in self.datasets.get_refs(conn, list({v.dataset_id for v in rows}))}
+                if rows
+                else {}
+            )
+            return [(refs[v.dataset_id], v.timespan) for v in rows]
+
+
+def _apply_chain_mode(current: list[str], children: list[str], mode: ChainMode) -> list[str]:
+    if mode == "redefine":
+        return children
+    if mode == "prepend":
+        return children + [c for c in current if c not in children]
+    if mode == "extend":
+        return [c for c in current if c not in children] + children
+    if mode == "remove":
+        return [c for c in current if c not in children]
+    raise CollectionTypeError(
+        f"unknown chain mode {mode!r}; use redefine, extend, prepend or remove"
+    )
+
+
+def _correlated(table: Any, joins: Mapping[str, Any], condition: Any) -> Any:
+    """Rewrite a condition over record columns as EXISTS over the joined record tables."""
+    froms: list[Any] = []
+    match: list[Any] = []
+    for element_name, (rec, element) in joins.items():
+        froms.append(rec)
+        match.extend(rec.c[d] == table.c[d] for d in element.requires)
+        match.append(rec.c[element.key.name] == table.c[element_name])
+    return select(1).select_from(*froms).where(and_(*match), condition).exists()
