@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
+import os
 import textwrap
 import uuid
 from pathlib import Path
@@ -903,3 +905,51 @@ def test_file_uri_round_trip_with_special_characters(ds: FileDatastore, tmp_path
     )
     assert ds.local_path(stored) == odd.resolve()
     assert ds.read(stored) == {"a": 1}
+
+
+def _cross_device(*args: Any, **kwargs: Any) -> None:
+    raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+
+def test_move_across_filesystems_copies_and_rolls_back(
+    ds: FileDatastore, root: Path, raw_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # os.rename fails across filesystems; the move must fall back to copy + delete, both
+    # forwards and when undoing.
+    monkeypatch.setattr("services.datastore.datastore.os.rename", _cross_device)
+    original = raw_file.read_bytes()
+    stored = ingest(ds, raw_file, "move")
+    assert not raw_file.exists()
+    assert (root / stored.path).read_bytes() == original
+    raw_file.write_bytes(original)
+    with pytest.raises(BoomError), ds.transaction() as txn:
+        txn.ingest(
+            raw_file,
+            dataset_id=uuid.uuid4(),
+            dataset_type="raw",
+            run="other",
+            data_id=RAW_ID,
+            storage_class="Image",
+            transfer="move",
+        )
+        assert not raw_file.exists()
+        raise BoomError
+    assert raw_file.read_bytes() == original
+    assert not (root / "other").exists()
+
+
+def test_hardlink_across_filesystems_is_a_clear_transfer_error(
+    ds: FileDatastore, root: Path, raw_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("services.datastore.datastore.os.link", _cross_device)
+    with pytest.raises(TransferError, match="different filesystems"):
+        ingest(ds, raw_file, "hardlink")
+    assert files_under(root) == []
+
+
+def test_directory_blocked_by_a_file(ds: FileDatastore, root: Path, raw_file: Path) -> None:
+    root.mkdir()
+    (root / "blocked").write_text("a file where the run directory should be")
+    with pytest.raises(DatastoreError, match="cannot create directory"):
+        ingest(ds, raw_file, "copy", run="blocked")
+    assert files_under(root) == ["blocked"]

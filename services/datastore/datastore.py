@@ -157,7 +157,7 @@ class FileDatastore:
                 f"{path} is {size} bytes but {stored.file_size} were stored: "
                 "the file was changed or truncated after ingest"
             )
-        if False:
+        if checksum != stored.checksum:
             raise ChecksumError(
                 f"{path} has checksum {checksum}, not the stored {stored.checksum}: "
                 "the file was changed after ingest"
@@ -207,10 +207,17 @@ class FileDatastore:
         while not current.exists() and current != self.root:
             missing.append(current)
             current = current.parent
-        self.root.mkdir(parents=True, exist_ok=True)
-        for path in reversed(missing):
-            path.mkdir(exist_ok=True)
-        return missing  # deepest first: the order to remove them in
+        made: list[Path] = []
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for path in reversed(missing):
+                path.mkdir(exist_ok=True)
+                made.insert(0, path)
+        except OSError as exc:
+            for path in made:
+                path.rmdir()
+            raise DatastoreError(f"cannot create directory in {self.root}: {exc}") from exc
+        return made  # deepest first: the order to remove them in
 
     def _prune_empty_dirs(self, directory: Path) -> None:
         while directory != self.root and directory.is_relative_to(self.root):
@@ -297,6 +304,7 @@ class DatastoreTransaction:
         self._check_open()
         sc = get_storage_class(storage_class)
         cls = load_formatter(formatter) if formatter else sc.default_formatter
+        formatter_path = formatter_import_path(cls)
         ds = self._datastore
         relative = ds._relative_path(dataset_type, run, data_id, cls.extension)
         dest = ds._absolute(relative)
@@ -311,9 +319,10 @@ class DatastoreTransaction:
             else:
                 os.replace(tmp, dest)
                 self._undo.append((f"delete {dest}", lambda: dest.unlink(missing_ok=True)))
+        except OSError as exc:
+            raise DatastoreError(f"cannot write {dest}: {exc.strerror or exc}") from exc
         finally:
             tmp.unlink(missing_ok=True)
-        formatter_path = formatter_import_path(cls)
         return StoredFile(dataset_id, relative, formatter_path, sc.name, size, checksum)
 
     def remove(self, stored: StoredFile) -> None:

@@ -83,12 +83,6 @@ class Registry:
             versioning.check(conn, f"registry {url}" + (f" ({namespace})" if namespace else ""))
         return cls(db, default_universe(), actor)
 
-    def migrate(self) -> tuple[str | None, str]:
-        with self.db.transaction() as conn:
-            before = versioning.current_revision(conn)
-            versioning.upgrade(conn)
-        return before, versioning.head_revision()
-
     def close(self) -> None:
         self.db.dispose()
 
@@ -172,9 +166,24 @@ class Registry:
         table = self.records.table("detector_installation")
         c = table.c
         with self.transaction() as conn:
-            self.records.sync(
+            known = self.records.fetch(
                 conn, "physical_detector", {"instrument": instrument, "serial": serial}
             )
+            if known is None:  # a device first seen in a header takes its slot's purpose
+                slot = self.records.fetch(
+                    conn, "detector", {"instrument": instrument, "id": detector}
+                )
+                self.records.insert(
+                    conn,
+                    "physical_detector",
+                    [
+                        {
+                            "instrument": instrument,
+                            "serial": serial,
+                            "purpose": None if slot is None else slot["purpose"],
+                        }
+                    ],
+                )
             rows = list(
                 conn.execute(
                     select(table)
@@ -531,14 +540,41 @@ class Registry:
     ) -> CalibrationMatch | None:
         return self.find_dataset(dataset_type, data_id, collections, timespan, as_of)
 
-    def exposure_timespan(self, instrument: str, exposure: int) -> Timespan:
-        record = self.fetch_dimension_record("exposure", {"instrument": instrument, "id": exposure})
-        if record is None:
-            raise RecordNotFoundError(f"no exposure {exposure} of {instrument} is registered")
-        if record["timespan"] is None:
-            raise RecordNotFoundError(f"exposure {exposure} of {instrument} has no timespan")
-        ts: Timespan = record["timespan"]
-        return ts
+    def with_exposures(
+        self, data_ids: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[dict[str, Any], Timespan]]:
+        """Expand data IDs that name an exposure with its implied values, plus its timespan.
+
+        Two queries however many data IDs: one for the exposures, one for their filters.
+        """
+        with self._read() as conn:
+            exp_keys = [{"instrument": d["instrument"], "id": int(d["exposure"])} for d in data_ids]
+            exposures = self.records.fetch_many(conn, "exposure", exp_keys)
+            filters = self.records.fetch_many(
+                conn,
+                "physical_filter",
+                [
+                    {"instrument": e["instrument"], "name": e["physical_filter"]}
+                    for e in exposures.values()
+                    if e["physical_filter"] is not None
+                ],
+            )
+        out: list[tuple[dict[str, Any], Timespan]] = []
+        for values, key in zip(data_ids, exp_keys, strict=True):
+            exposure = exposures.get((key["instrument"], key["id"]))
+            if exposure is None or exposure["timespan"] is None:
+                raise RecordNotFoundError(
+                    f"no exposure {key['id']} of {key['instrument']} with a timespan is registered"
+                )
+            expanded = {**values, "exposure": key["id"]}
+            for dim in ("physical_filter", "group", "day_obs"):
+                if exposure[dim] is not None:
+                    expanded.setdefault(dim, exposure[dim])
+            band = filters.get((key["instrument"], exposure["physical_filter"]), {}).get("band")
+            if band is not None:
+                expanded.setdefault("band", band)
+            out.append((expanded, exposure["timespan"]))
+        return out
 
     def find_calibrations_bulk(
         self,

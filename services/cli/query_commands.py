@@ -1,0 +1,237 @@
+"""Commands that read: queries, dataset retrieval and calibration lookups."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..butler import Butler
+from ..core.dimensions import parse_data_id_args
+from ..core.errors import DataIdError, InputError
+from ..core.timespan import Timespan, now_ns, ns_to_iso, parse_time, time_to_ns
+from ..registry.collections import CollectionType
+from .output import emit, record_row, ref_row
+
+Sub = Any
+
+
+def _lookup_args(p: argparse.ArgumentParser, *, pairs: bool) -> None:
+    p.add_argument("--collections", nargs="+", required=True, metavar="COLLECTION")
+    p.add_argument("--data-id", nargs="+", default=[], metavar="KEY=VALUE")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--time", help="ISO time (TAI) the calibration must be valid at")
+    when.add_argument("--exposure", type=int, help="use this exposure's timespan and filter")
+    if pairs:
+        when.add_argument(
+            "--pairs", type=Path, help="CSV/ECSV of many lookups (exposure or time + data ID)"
+        )
+    p.add_argument("--as-of", help="answer as the registry would have at this moment (TAI)")
+
+
+def add_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("query-collections", parents=[common], help="list collections")
+    p.add_argument("repo", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_query_collections)
+
+    p = sub.add_parser("query-dataset-types", parents=[common], help="list dataset types")
+    p.add_argument("repo", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_query_dataset_types)
+
+    p = sub.add_parser("query-datasets", parents=[common], help="list datasets of a type")
+    p.add_argument("repo", type=Path)
+    p.add_argument("dataset_type")
+    p.add_argument("--collections", nargs="+", required=True, metavar="COLLECTION")
+    p.add_argument(
+        "--where", help="e.g. \"detector IN (1..4) AND exposure.observation_type = 'bias'\""
+    )
+    p.add_argument(
+        "--find-first",
+        action="store_true",
+        help="one dataset per data ID: the first along the collections",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_query_datasets)
+
+    p = sub.add_parser("query-dimension-records", parents=[common], help="list dimension records")
+    p.add_argument("repo", type=Path)
+    p.add_argument("element")
+    p.add_argument("--where")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_query_dimension_records)
+
+    p = sub.add_parser("get", parents=[common], help="read a dataset (or its URI)")
+    p.add_argument("repo", type=Path)
+    p.add_argument("dataset_type", help="dataset type, or TYPE.COMPONENT")
+    _lookup_args(p, pairs=False)
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--uri", action="store_true", help="print the file's URI only")
+    out.add_argument("--output", type=Path, help="copy the stored file here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser(
+        "find-calibration", parents=[common], help="which calibration applies (one or many)"
+    )
+    p.add_argument("repo", type=Path)
+    p.add_argument("dataset_type")
+    _lookup_args(p, pairs=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_find_calibration)
+
+
+def cmd_query_collections(args: argparse.Namespace) -> int:
+    with Butler.open(args.repo) as butler:
+        registry = butler.registry
+        rows = []
+        for c in registry.query_collections():
+            row: dict[str, Any] = {"name": c.name, "type": c.type.value}
+            if c.type is CollectionType.CHAINED:
+                row["children"] = ",".join(registry.get_chain(c.name))
+            row["frozen_at"] = ns_to_iso(c.frozen_at)
+            row["doc"] = c.doc
+            rows.append(row)
+    emit(rows, args.json, "no collections")
+    return 0
+
+
+def cmd_query_dataset_types(args: argparse.Namespace) -> int:
+    with Butler.open(args.repo) as butler:
+        rows = [
+            {
+                "name": t.name,
+                "dimensions": " ".join(t.dimensions),
+                "storage_class": t.storage_class,
+                "is_calibration": t.is_calibration,
+            }
+            for t in butler.registry.query_dataset_types()
+        ]
+    emit(rows, args.json, "no dataset types")
+    return 0
+
+
+def cmd_query_datasets(args: argparse.Namespace) -> int:
+    with Butler.open(args.repo) as butler:
+        found = butler.registry.query_datasets(
+            args.dataset_type, args.collections, args.where, find_first=args.find_first
+        )
+        rows = [ref_row(butler, ref, collection=name) for ref, name in found]
+    emit(rows, args.json, "no datasets")
+    return 0
+
+
+def cmd_query_dimension_records(args: argparse.Namespace) -> int:
+    with Butler.open(args.repo) as butler:
+        records = butler.registry.query_dimension_records(args.element, args.where)
+    emit([record_row(r) for r in records], args.json, f"no {args.element} records")
+    return 0
+
+
+def _when(butler: Butler, args: argparse.Namespace, values: dict[str, Any]) -> Timespan | None:
+    """The timespan a lookup is for, expanding ``values`` with the exposure's if given."""
+    if args.exposure is not None:
+        if "instrument" not in values:
+            raise DataIdError("--exposure needs --data-id instrument=NAME")
+        ((expanded, ts),) = butler.registry.with_exposures([{**values, "exposure": args.exposure}])
+        values.update(expanded)
+        return ts
+    if args.time is not None:
+        return Timespan.at(args.time)
+    return None
+
+
+def _as_of(args: argparse.Namespace) -> int:
+    # Always answer "as of" a definite moment and report it, so the answer can be reproduced.
+    return time_to_ns(parse_time(args.as_of)) if args.as_of else now_ns()
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    with Butler.open(args.repo) as butler:
+        values: dict[str, Any] = parse_data_id_args(args.data_id)
+        ts = _when(butler, args, values)
+        match = butler.find(args.dataset_type, values, args.collections, ts, _as_of(args))
+        _, component = args.dataset_type.partition(".")[::2]
+        if args.uri:
+            print(butler.uri(match.ref))
+        elif args.output:
+            shutil.copyfile(butler.datastore.local_path(butler.stored_file(match.ref)), args.output)
+            print(f"wrote {args.output}")
+        else:
+            _print_object(butler.get(match.ref, component or None), args.json)
+    return 0
+
+
+def _print_object(obj: Any, as_json: bool) -> None:
+    if hasattr(obj, "pformat_all"):  # astropy Table
+        if as_json:
+            json.dump(
+                [dict(zip(obj.colnames, r, strict=True)) for r in obj.as_array().tolist()],
+                sys.stdout,
+                default=str,
+            )
+            print()
+        else:
+            print("\n".join(obj.pformat_all()))
+    elif hasattr(obj, "shape") and hasattr(obj, "dtype"):  # image array
+        summary = {"shape": list(obj.shape), "dtype": str(obj.dtype)}
+        print(json.dumps(summary) if as_json else f"array shape={obj.shape} dtype={obj.dtype}")
+    elif as_json:
+        json.dump(obj, sys.stdout, default=str)
+        print()
+    else:
+        sys.stdout.write(yaml.safe_dump(obj, sort_keys=False, default_flow_style=False))
+
+
+def cmd_find_calibration(args: argparse.Namespace) -> int:
+    as_of = _as_of(args)
+    with Butler.open(args.repo) as butler:
+        shared: dict[str, Any] = parse_data_id_args(args.data_id)
+        if args.pairs is not None:
+            rows = _find_many(butler, args, shared, as_of)
+        else:
+            ts = _when(butler, args, shared)
+            if ts is None:
+                raise InputError("give --time, --exposure or --pairs")
+            match = butler.find(args.dataset_type, shared, args.collections, ts, as_of)
+            rows = [
+                ref_row(butler, match.ref, collection=match.collection, timespan=match.timespan)
+                | {"as_of": ns_to_iso(as_of)}
+            ]
+    emit(rows, args.json)
+    return 0
+
+
+def _find_many(
+    butler: Butler, args: argparse.Namespace, shared: dict[str, Any], as_of: int
+) -> list[dict[str, Any]]:
+    from .repo_commands import read_table_rows
+
+    lookups = [{**shared, **row} for row in read_table_rows(args.pairs)]
+    registry = butler.registry
+    if any("exposure" not in d and "time" not in d for d in lookups):
+        raise InputError(f"{args.pairs}: every row needs an exposure or a time column")
+    with_exposure = [i for i, d in enumerate(lookups) if "exposure" in d]
+    queries: list[tuple[dict[str, Any], Timespan]] = [
+        (d, Timespan(0, 1) if "exposure" in d else Timespan.at(str(d["time"]))) for d in lookups
+    ]  # exposure rows get their real timespan just below
+    expanded = registry.with_exposures([lookups[i] for i in with_exposure])
+    for i, item in zip(with_exposure, expanded, strict=True):
+        queries[i] = item
+    matches = registry.find_calibrations_bulk(args.dataset_type, args.collections, queries, as_of)
+    rows = []
+    for (values, _), match in zip(queries, matches, strict=True):
+        if match is None:
+            rows.append({**values, "dataset_id": None})
+            continue
+        row = ref_row(
+            butler, match.ref, collection=match.collection, timespan=match.timespan, with_file=False
+        )
+        rows.append({**values, **row})
+    return rows

@@ -1,0 +1,139 @@
+"""The Instrument plugin interface.
+
+An instrument is a small declarative class: its name, its filters and its detectors. Other
+packages add instruments through the entry-point group ``obsbus.instruments`` (see
+``loader.py``). ``register`` writes the instrument's static dimension records in one
+transaction with sync semantics: running it twice changes nothing, and a changed definition
+is a conflict error unless ``update`` is asked for with a reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from ..core.errors import InstrumentError, RecordConflictError
+from ..core.timespan import BEGIN_UNBOUNDED
+from ..registry.registry import Registry
+
+Purpose = Literal["science", "wavefront", "guider", "focus"]
+
+
+@dataclass(frozen=True)
+class FilterDef:
+    physical_filter: str
+    band: str
+
+
+@dataclass(frozen=True)
+class DetectorDef:
+    id: int
+    full_name: str
+    serial: str
+    purpose: Purpose = "science"
+
+
+class Instrument:
+    """Subclass and fill in the class attributes; everything else is derived from them."""
+
+    name: ClassVar[str]
+    filters: ClassVar[Sequence[FilterDef]] = ()
+    detectors: ClassVar[Sequence[DetectorDef]] = ()
+    exposure_max: ClassVar[int] = 2**40
+    visit_max: ClassVar[int] = 2**40
+
+    @classmethod
+    def class_path(cls) -> str:
+        return f"{cls.__module__}.{cls.__qualname__}"
+
+    @classmethod
+    def detector(cls, detector_id: int) -> DetectorDef:
+        for det in cls.detectors:
+            if det.id == detector_id:
+                return det
+        raise InstrumentError(f"{cls.name} has no detector {detector_id}")
+
+    # --- collection names (one place for the naming convention) ---------------------------------
+
+    @classmethod
+    def raw_run(cls) -> str:
+        return f"{cls.name}/raw/all"
+
+    @classmethod
+    def calib_collection(cls, label: str | None = None) -> str:
+        return f"{cls.name}/calib" if label is None else f"{cls.name}/calib/{label}"
+
+    # --- registration ---------------------------------------------------------------------------
+
+    @classmethod
+    def records(cls) -> dict[str, list[dict[str, Any]]]:
+        """The static dimension records this instrument defines, by element."""
+        max_detector = max((d.id for d in cls.detectors), default=-1) + 1
+        return {
+            "instrument": [
+                {
+                    "name": cls.name,
+                    "class_name": cls.class_path(),
+                    "detector_max": max_detector,
+                    "exposure_max": cls.exposure_max,
+                    "visit_max": cls.visit_max,
+                }
+            ],
+            "band": [{"name": b} for b in sorted({f.band for f in cls.filters})],
+            "physical_filter": [
+                {"instrument": cls.name, "name": f.physical_filter, "band": f.band}
+                for f in cls.filters
+            ],
+            "detector": [
+                {"instrument": cls.name, "id": d.id, "full_name": d.full_name, "purpose": d.purpose}
+                for d in cls.detectors
+            ],
+            "physical_detector": [
+                {"instrument": cls.name, "serial": d.serial, "purpose": d.purpose}
+                for d in cls.detectors
+            ],
+        }
+
+    @classmethod
+    def register(
+        cls, registry: Registry, *, update: bool = False, reason: str | None = None
+    ) -> dict[str, int]:
+        """Write the records; returns how many were new per element (all zero on a repeat)."""
+        if update and not reason:
+            raise InstrumentError(f"updating instrument {cls.name} needs a reason")
+        inserted: dict[str, int] = {}
+        with registry.transaction():
+            for element, records in cls.records().items():
+                if update:
+                    inserted[element] = cls._sync_or_update(registry, element, records, reason)
+                    continue
+                results = registry.sync_dimension_records(element, records)
+                inserted[element] = results.count("inserted")
+            for det in cls.detectors:
+                cls._install_initial(registry, det)
+        return inserted
+
+    @classmethod
+    def _install_initial(cls, registry: Registry, det: DetectorDef) -> None:
+        """The device a slot held from the start; later swaps are recorded with their time."""
+        installed = registry.installed_detector(cls.name, det.id, BEGIN_UNBOUNDED)
+        if installed is not None and installed != det.serial:
+            raise RecordConflictError(
+                "detector_installation",
+                {"instrument": cls.name, "detector": det.id},
+                {"physical_detector": (installed, det.serial)},
+            )
+        registry.record_installation(cls.name, det.id, det.serial, BEGIN_UNBOUNDED)
+
+    @staticmethod
+    def _sync_or_update(
+        registry: Registry, element: str, records: list[dict[str, Any]], reason: str | None
+    ) -> int:
+        count = 0
+        for record in records:
+            try:
+                count += registry.sync_dimension_record(element, record) == "inserted"
+            except RecordConflictError:
+                registry.update_dimension_record(element, record, reason=reason or "")
+        return count

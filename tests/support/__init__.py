@@ -1,0 +1,1 @@
+"""Reusable test helpers (importable from tests and from subprocesses via PYTHONPATH)."""
