@@ -10,7 +10,13 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BASE="$ROOT/var/postgres"
+BASE="${OBSBUS_PG_DIR:-$ROOT/var/postgres}"
+# As root the server runs as the `postgres` user, who may not reach a clone under a private
+# home (e.g. /root): then keep the cluster in a world-reachable per-clone folder instead.
+if [[ -z "${OBSBUS_PG_DIR:-}" && $EUID -eq 0 ]] && id postgres >/dev/null 2>&1 &&
+    ! runuser -u postgres -- test -x "$ROOT" 2>/dev/null; then
+    BASE="/var/tmp/obsbus-postgres-$(printf '%s' "$ROOT" | md5sum | cut -c1-8)"
+fi
 PGDATA="$BASE/data"
 SOCKDIR="$BASE/run"
 LOG="$BASE/postgres.log"
