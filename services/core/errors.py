@@ -233,3 +233,44 @@ class InstrumentError(ObsbusError):
 
 class UnknownInstrumentError(InstrumentError):
     code = "no_such_instrument"
+
+
+# --- raw ingest (each is one failure reason of one file) --------------------------------------
+
+
+class RawFileError(ObsbusError):
+    code = "bad_raw"
+
+
+class NotFitsError(RawFileError):
+    code = "not_fits"
+
+
+class TruncatedFileError(RawFileError):
+    code = "truncated"
+
+
+class NoTranslatorError(RawFileError):
+    code = "no_translator"
+
+
+class IncompleteHeaderError(RawFileError):
+    code = "incomplete_header"
+
+
+class UnknownFilterError(RawFileError):
+    code = "unknown_filter"
+
+
+class UnknownDetectorError(RawFileError):
+    code = "unknown_detector"
+
+
+class InstrumentNotRegisteredError(RawFileError):
+    code = "instrument_not_registered"
+
+
+class FileConflictError(RawFileError):
+    """A different file was already ingested for the same data ID."""
+
+    code = "file_conflict"

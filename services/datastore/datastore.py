@@ -63,6 +63,9 @@ class StoredFile:
     storage_class: str
     file_size: int
     checksum: str  # "blake2b:<hex>"
+    # Where in the file this dataset lives when one file holds several (e.g. "hdu=5" for one
+    # CCD of a multi-extension raw); None when the dataset is the whole file.
+    locator: str | None = None
 
     @property
     def is_direct(self) -> bool:
@@ -130,7 +133,7 @@ class FileDatastore:
 
     def read(self, stored: StoredFile, component: str | None = None) -> Any:
         """Read a dataset (or one component) using only what ``stored`` records."""
-        formatter = load_formatter(stored.formatter)()
+        formatter = load_formatter(stored.formatter)(stored.locator)
         formatter.check_component(component)
         path = self._existing_file(stored)
         try:

@@ -32,6 +32,10 @@ class Formatter(ABC):
     extension: ClassVar[str]
     components: ClassVar[frozenset[str]] = frozenset()
 
+    def __init__(self, locator: str | None = None) -> None:
+        # Which part of the file to read when it holds several datasets (see StoredFile).
+        self.locator = locator
+
     @abstractmethod
     def read(self, path: Path, component: str | None = None) -> Any:
         """Return the object stored at ``path``, or only the named component of it."""
@@ -57,8 +61,10 @@ class Formatter(ABC):
 class FitsImageFormatter(Formatter):
     """A 2-D (or n-D) image as the data of a FITS HDU.
 
-    Reading takes the primary HDU if it has data, else the first image extension (raw
-    camera files often keep an empty primary HDU). Components: ``header`` is that HDU's
+    Reading takes the HDU named by the locator (``hdu=N``, for one CCD of a multi-extension
+    raw), else the primary HDU if it has data, else the first image extension (raw camera
+    files often keep an empty primary HDU). Subclasses may ``transform`` the pixels (e.g. a
+    rotated detector). Components: ``header`` is that HDU's
     header; ``metadata`` is the primary header plus the image HDU's non-structural cards,
     so observation metadata kept in the primary HDU is not lost.
     """
@@ -70,7 +76,7 @@ class FitsImageFormatter(Formatter):
         self.check_component(component)
         # memmap=False: the file must be closed when we return (it may be moved or removed).
         with fits.open(path, memmap=False) as hdus:
-            index = _first_image_hdu(hdus)
+            index = self._hdu_index(hdus)
             if index is None:
                 raise FormatterError(f"{path} has no image HDU with data")
             hdu = hdus[index]
@@ -81,7 +87,19 @@ class FitsImageFormatter(Formatter):
                 if index != 0:
                     merged.extend(hdu.header, strip=True, unique=True, update=True)
                 return merged
-            return np.array(hdu.data)
+            return self.transform(np.array(hdu.data))
+
+    def transform(self, pixels: Any) -> Any:
+        """Hook for instrument-specific pixel handling; the plain formatter changes nothing."""
+        return pixels
+
+    def _hdu_index(self, hdus: Any) -> int | None:
+        if self.locator is None:
+            return _first_image_hdu(hdus)
+        key, _, value = self.locator.partition("=")
+        if key != "hdu" or not value.isdigit() or int(value) >= len(hdus):
+            raise FormatterError(f"{type(self).__name__}: bad locator {self.locator!r}")
+        return int(value)
 
     def write(self, obj: Any, path: Path) -> None:
         self._require(obj, (np.ndarray,), "a numpy array")

@@ -1,6 +1,8 @@
 """The Instrument plugin interface.
 
-An instrument is a small declarative class: its name, its filters and its detectors. Other
+An instrument is a small declarative class: its name, its filters and its detectors, the
+astro_metadata_translator class that reads its headers, and the raw formatter for each data
+ID. Other
 packages add instruments through the entry-point group ``obsbus.instruments`` (see
 ``loader.py``). ``register`` writes the instrument's static dimension records in one
 transaction with sync semantics: running it twice changes nothing, and a changed definition
@@ -9,15 +11,23 @@ is a conflict error unless ``update`` is asked for with a reason.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
+
+from astropy.io import fits
 
 from ..core.errors import InstrumentError, RecordConflictError
 from ..core.timespan import BEGIN_UNBOUNDED
+from ..datastore.formatters import FitsImageFormatter, Formatter
+from ..registry.datasets import DatasetType
 from ..registry.registry import Registry
 
 Purpose = Literal["science", "wavefront", "guider", "focus"]
+
+# Every instrument's raws: one dataset per (exposure, detector).
+RAW = DatasetType("raw", ("instrument", "exposure", "detector"), "Image")
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,29 @@ class Instrument:
     detectors: ClassVar[Sequence[DetectorDef]] = ()
     exposure_max: ClassVar[int] = 2**40
     visit_max: ClassVar[int] = 2**40
+    # The astro_metadata_translator MetadataTranslator subclass for this camera's headers.
+    translator: ClassVar[type[Any] | None] = None
+    # Package resource folder of curated calibrations ("package:folder"), if any.
+    curated_calibrations: ClassVar[str | None] = None
+
+    # --- raw files ------------------------------------------------------------------------------
+
+    @classmethod
+    def raw_formatter(cls, data_id: Mapping[str, Any]) -> type[Formatter]:
+        """The formatter that reads this instrument's raw for ``data_id``."""
+        return FitsImageFormatter
+
+    @classmethod
+    def raw_headers(cls, path: Path, hdus: Any) -> list[tuple[str | None, fits.Header]]:
+        """The headers to translate in an open raw file, each with its locator.
+
+        Default: one detector per file; the primary header, merged with the first image
+        extension's when the primary holds no data (compressed or MEF-style raws).
+        """
+        primary = hdus[0].header.copy()
+        if primary.get("NAXIS", 0) == 0 and len(hdus) > 1:
+            primary.extend(hdus[1].header, strip=True, unique=True, update=True)
+        return [(None, primary)]
 
     @classmethod
     def class_path(cls) -> str:

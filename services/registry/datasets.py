@@ -373,6 +373,7 @@ class DatasetManager:
                 "storage_class": f.storage_class,
                 "file_size": f.file_size,
                 "checksum": f.checksum,
+                "locator": f.locator,
             }
             for f in files
             if f.dataset_id not in have
@@ -395,4 +396,5 @@ class DatasetManager:
             storage_class=row["storage_class"],
             file_size=row["file_size"],
             checksum=row["checksum"],
+            locator=row["locator"],
         )

@@ -193,6 +193,7 @@ def _add_core_tables(md: MetaData, universe: DimensionUniverse) -> None:
         Column("storage_class", String(64), nullable=False),
         Column("file_size", BigInteger, nullable=False),
         Column("checksum", String(160), nullable=False),
+        Column("locator", String(64), nullable=True),
     )
     Table(
         "record_audit",

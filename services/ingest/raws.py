@@ -1,0 +1,288 @@
+"""Raw ingest: header → data ID → formatter → datastore + registry, one outcome per file.
+
+Two phases, like obs_base: ``prepare`` reads and translates a file and builds everything the
+registry needs without touching the repository; ``RawIngester.write`` then lands one file's
+records, datasets and file in a single transaction. A bad file never stops the others and
+never leaves half a record behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+
+from ..butler import Butler
+from ..core.errors import (
+    FileConflictError,
+    InstrumentNotRegisteredError,
+    ObsbusError,
+    UnknownDetectorError,
+    UnknownFilterError,
+)
+from ..datastore.datastore import file_checksum
+from ..instruments import Instrument, load_instrument
+from ..instruments.base import RAW
+from ..registry.datasets import DatasetRef, IdGenerationMode
+from .headers import choose_translator, open_fits, translate
+from .observation import (
+    Record,
+    day_obs_record,
+    exposure_record,
+    group_record,
+    visit_records,
+)
+
+log = structlog.get_logger(__name__)
+
+Status = Literal["ingested", "already-present", "failed"]
+RAW_SUFFIXES = (".fits", ".fits.fz", ".fits.gz", ".fit")
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    """One detector's dataset in a raw file."""
+
+    detector: int
+    locator: str | None
+    serial: str | None
+    formatter: str
+
+
+@dataclass(frozen=True)
+class PreparedFile:
+    """Everything known about one raw file before the database is touched."""
+
+    path: Path
+    instrument: type[Instrument]
+    exposure: Record
+    day_obs: Record | None
+    group: Record | None
+    visit: tuple[Record, Record] | None
+    datasets: tuple[RawDataset, ...]
+
+
+@dataclass
+class IngestOutcome:
+    """What happened to one file."""
+
+    file: str
+    status: Status
+    reason: str | None = None  # an error code (see services.core.errors) when failed
+    message: str = ""
+    instrument: str | None = None
+    exposure: int | None = None
+    detectors: list[int] = field(default_factory=list)
+    dataset_ids: list[str] = field(default_factory=list)
+    swaps: list[dict[str, Any]] = field(default_factory=list)  # new device seen in a slot
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def find_raw_files(paths: Iterable[Path]) -> list[Path]:
+    """Files given, and raw-looking files under directories given (sorted, recursive)."""
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            out.extend(
+                sorted(
+                    p
+                    for p in path.rglob("*")
+                    if p.is_file() and p.name.lower().endswith(RAW_SUFFIXES)
+                )
+            )
+        else:
+            out.append(path)
+    return out
+
+
+def prepare(path: Path) -> PreparedFile:
+    """Read and translate one file (no repository access); raises ObsbusError on bad input."""
+    hdus = open_fits(path)
+    try:
+        translator = choose_translator(path, hdus[0].header)
+        instrument = load_instrument(str(translator.name))
+        translated = translate(path, hdus, instrument, translator)
+    finally:
+        hdus.close()
+    first = translated[0].info
+    exposure = exposure_record(instrument.name, first)
+    filters = {f.physical_filter for f in instrument.filters}
+    if exposure["physical_filter"] not in filters:
+        raise UnknownFilterError(
+            f"{path}: filter {exposure['physical_filter']!r} is not one of {instrument.name}'s; "
+            "add it to the instrument definition and register it again"
+        )
+    known_detectors = {d.id for d in instrument.detectors}
+    datasets = []
+    for item in translated:
+        assert item.info.detector_num is not None  # a required property
+        detector = int(item.info.detector_num)
+        if detector not in known_detectors:
+            raise UnknownDetectorError(f"{path}: {instrument.name} has no detector {detector}")
+        data_id = {"instrument": instrument.name, "exposure": exposure["id"], "detector": detector}
+        formatter = instrument.raw_formatter(data_id)
+        datasets.append(
+            RawDataset(
+                detector=detector,
+                locator=item.locator,
+                serial=None
+                if item.info.detector_serial is None
+                else str(item.info.detector_serial),
+                formatter=f"{formatter.__module__}.{formatter.__qualname__}",
+            )
+        )
+    return PreparedFile(
+        path=path,
+        instrument=instrument,
+        exposure=exposure,
+        day_obs=day_obs_record(instrument.name, first),
+        group=group_record(instrument.name, first),
+        visit=visit_records(instrument.name, exposure),
+        datasets=tuple(datasets),
+    )
+
+
+class RawIngester:
+    """Ingests raw files into a repository; one instance per ingest session or service."""
+
+    def __init__(self, butler: Butler, *, transfer: str = "copy", run: str | None = None) -> None:
+        self.butler = butler
+        self.transfer = transfer
+        self.run = run
+        self._registered: set[str] = set()  # instruments known to be registered
+        butler.registry.register_dataset_type(RAW)
+
+    def ingest(self, paths: Iterable[Path], fail_fast: bool = False) -> Iterator[IngestOutcome]:
+        """Ingest each file; yields its outcome as soon as it is known."""
+        for path in paths:
+            outcome = self.ingest_one(path)
+            yield outcome
+            if fail_fast and outcome.status == "failed":
+                return
+
+    def ingest_one(self, path: Path) -> IngestOutcome:
+        try:
+            prepared = prepare(path)
+            return self.write(prepared)
+        except ObsbusError as err:
+            return IngestOutcome(str(path), "failed", err.code, str(err))
+        except Exception as err:  # a translator or library failure must not stop the rest
+            log.exception("unexpected ingest failure", file=str(path))
+            return IngestOutcome(
+                str(path), "failed", "unexpected", f"{path}: {type(err).__name__}: {err}"
+            )
+
+    def write(self, prepared: PreparedFile) -> IngestOutcome:
+        """Land one prepared file: its records, datasets and file, in one transaction."""
+        instrument = prepared.instrument
+        registry = self.butler.registry
+        run = self.run or instrument.raw_run()
+        exposure = prepared.exposure
+        outcome = IngestOutcome(
+            str(prepared.path),
+            "ingested",
+            instrument=instrument.name,
+            exposure=exposure["id"],
+            detectors=[d.detector for d in prepared.datasets],
+        )
+        refs = [
+            registry.make_ref(
+                RAW,
+                {"instrument": instrument.name, "exposure": exposure["id"], "detector": d.detector},
+                run,
+                IdGenerationMode.DATAID_TYPE_RUN,
+            )
+            for d in prepared.datasets
+        ]
+        outcome.dataset_ids = [str(r.id) for r in refs]
+        with self.butler.datastore.transaction() as files, registry.transaction():
+            self._check_registered(instrument)
+            for element, record in (
+                ("day_obs", prepared.day_obs),
+                ("group", prepared.group),
+                ("exposure", exposure),
+            ):
+                if record is not None:
+                    registry.sync_dimension_record(element, record)
+            if prepared.visit is not None:
+                registry.sync_dimension_record("visit", prepared.visit[0])
+                registry.sync_dimension_record("visit_definition", prepared.visit[1])
+            begin = exposure["timespan"].db_begin
+            for d in prepared.datasets:
+                if d.serial is not None:
+                    previous = registry.installed_detector(instrument.name, d.detector, begin)
+                    if (
+                        registry.record_installation(instrument.name, d.detector, d.serial, begin)
+                        == "swapped"
+                    ):
+                        outcome.swaps.append(
+                            {"detector": d.detector, "old_serial": previous, "new_serial": d.serial}
+                        )
+            results = registry.insert_datasets(refs)
+            if "inserted" not in results:
+                self._check_same_file(prepared, refs[0])
+                outcome.status = "already-present"
+                outcome.swaps = []
+                return outcome
+            self._store(files, prepared, refs, exposure)
+        outcome.message = f"{len(refs)} dataset(s) into {run}"
+        return outcome
+
+    def _store(
+        self, files: Any, prepared: PreparedFile, refs: list[DatasetRef], exposure: Record
+    ) -> None:
+        # One transfer per file, however many detectors it holds; each dataset's record
+        # points into it with its own locator.
+        first = refs[0]
+        path_data_id = (
+            first.data_id
+            if len(refs) == 1
+            else {"instrument": first.data_id["instrument"], "exposure": exposure["id"]}
+        )
+        stored = files.ingest(
+            prepared.path,
+            dataset_id=first.id,
+            dataset_type=RAW.name,
+            run=first.run,
+            data_id=path_data_id,
+            storage_class=RAW.storage_class,
+            formatter=prepared.datasets[0].formatter,
+            transfer=self.transfer,
+        )
+        self.butler.registry.store_files(
+            [
+                dataclasses.replace(
+                    stored, dataset_id=ref.id, locator=d.locator, formatter=d.formatter
+                )
+                for ref, d in zip(refs, prepared.datasets, strict=True)
+            ]
+        )
+
+    def _check_registered(self, instrument: type[Instrument]) -> None:
+        if instrument.name in self._registered:
+            return
+        record = self.butler.registry.fetch_dimension_record(
+            "instrument", {"name": instrument.name}
+        )
+        if record is None:
+            raise InstrumentNotRegisteredError(
+                f"instrument {instrument.name} is not registered in this repository; run "
+                f"`obsbus register-instrument REPO {instrument.name}` first"
+            )
+        self._registered.add(instrument.name)
+
+    def _check_same_file(self, prepared: PreparedFile, ref: DatasetRef) -> None:
+        """A repeat is a no-op only if it is the same file; a different one is a conflict."""
+        stored = self.butler.stored_file(ref)
+        _, checksum = file_checksum(prepared.path)
+        if checksum != stored.checksum:
+            raise FileConflictError(
+                f"{prepared.path}: {ref.run} already holds a different raw for {ref.data_id} "
+                f"({self.butler.datastore.uri(stored)})"
+            )
