@@ -23,9 +23,10 @@ from ..core.errors import (
     ObsbusError,
     UnknownDetectorError,
     UnknownFilterError,
+    UnknownInstrumentError,
 )
 from ..datastore.datastore import file_checksum
-from ..instruments import Instrument, load_instrument
+from ..instruments import Instrument, available, load_instrument
 from ..instruments.base import RAW
 from ..registry.datasets import DatasetRef, IdGenerationMode
 from .headers import choose_translator, open_fits, translate
@@ -106,7 +107,7 @@ def prepare(path: Path) -> PreparedFile:
     hdus = open_fits(path)
     try:
         translator = choose_translator(path, hdus[0].header)
-        instrument = load_instrument(str(translator.name))
+        instrument = _instrument_for(path, str(translator.name))
         translated = translate(path, hdus, instrument, translator)
     finally:
         hdus.close()
@@ -146,6 +147,15 @@ def prepare(path: Path) -> PreparedFile:
         visit=visit_records(instrument.name, exposure),
         datasets=tuple(datasets),
     )
+
+
+def _instrument_for(path: Path, name: str) -> type[Instrument]:
+    if name not in available():
+        raise UnknownInstrumentError(
+            f"{path}: a {name} raw, but obsbus has no {name} instrument "
+            f"(installed: {', '.join(available())})"
+        )
+    return load_instrument(name)
 
 
 class RawIngester:

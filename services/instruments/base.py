@@ -40,7 +40,7 @@ class FilterDef:
 class DetectorDef:
     id: int
     full_name: str
-    serial: str
+    serial: str | None  # None: not known in advance; the first raw's header records it
     purpose: Purpose = "science"
 
 
@@ -125,6 +125,7 @@ class Instrument:
             "physical_detector": [
                 {"instrument": cls.name, "serial": d.serial, "purpose": d.purpose}
                 for d in cls.detectors
+                if d.serial is not None
             ],
         }
 
@@ -144,20 +145,21 @@ class Instrument:
                 results = registry.sync_dimension_records(element, records)
                 inserted[element] = results.count("inserted")
             for det in cls.detectors:
-                cls._install_initial(registry, det)
+                if det.serial is not None:
+                    cls._install_initial(registry, det.id, det.serial)
         return inserted
 
     @classmethod
-    def _install_initial(cls, registry: Registry, det: DetectorDef) -> None:
+    def _install_initial(cls, registry: Registry, detector: int, serial: str) -> None:
         """The device a slot held from the start; later swaps are recorded with their time."""
-        installed = registry.installed_detector(cls.name, det.id, BEGIN_UNBOUNDED)
-        if installed is not None and installed != det.serial:
+        installed = registry.installed_detector(cls.name, detector, BEGIN_UNBOUNDED)
+        if installed is not None and installed != serial:
             raise RecordConflictError(
                 "detector_installation",
-                {"instrument": cls.name, "detector": det.id},
-                {"physical_detector": (installed, det.serial)},
+                {"instrument": cls.name, "detector": detector},
+                {"physical_detector": (installed, serial)},
             )
-        registry.record_installation(cls.name, det.id, det.serial, BEGIN_UNBOUNDED)
+        registry.record_installation(cls.name, detector, serial, BEGIN_UNBOUNDED)
 
     @staticmethod
     def _sync_or_update(

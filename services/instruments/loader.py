@@ -3,8 +3,9 @@ import path of the class (``package.module.Class``), as ``butler register-instru
 
 from __future__ import annotations
 
+import functools
 import importlib
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
 from ..core.errors import UnknownInstrumentError
 from .base import Instrument
@@ -12,15 +13,22 @@ from .base import Instrument
 ENTRY_POINT_GROUP = "obsbus.instruments"
 
 
+@functools.cache
+def _entry_points() -> dict[str, EntryPoint]:
+    # Scanning installed distributions is slow: once per process (ingest asks per file).
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def available() -> list[str]:
-    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    return sorted(_entry_points())
 
 
+@functools.cache
 def load_instrument(name: str) -> type[Instrument]:
     """The Instrument class called ``name`` (entry point) or at import path ``name``."""
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == name:
-            return _check(ep.load(), name)
+    ep = _entry_points().get(name)
+    if ep is not None:
+        return _check(ep.load(), name)
     module_name, _, attr = name.replace(":", ".").rpartition(".")
     if module_name:
         try:
