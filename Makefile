@@ -3,7 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 PYTEST_ARGS ?=
 
-.PHONY: venv postgres test lint clean-db
+REPO ?= repo
+LANDING ?= var/landing
+EXPOSURES ?= 2
+
+.PHONY: venv postgres run test lint clean-db
 
 venv: $(VENV)/.installed
 
@@ -12,6 +16,15 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/python -m pip install --upgrade pip
 	$(VENV)/bin/python -m pip install -e '.[test]'
 	touch $@
+
+# The main job on the embedded default (SQLite + datastore in $(REPO)): a simulated SimCam
+# night lands in $(LANDING) and is ingested, then the registry is summarised.
+run: venv
+	test -f $(REPO)/obsbus.yaml || $(VENV)/bin/obsbus create $(REPO)
+	$(VENV)/bin/obsbus register-instrument $(REPO) SimCam HSC DECam
+	$(VENV)/bin/obsbus simcam generate $(LANDING) --exposures $(EXPOSURES)
+	$(VENV)/bin/obsbus ingest-raws $(REPO) $(LANDING)
+	$(VENV)/bin/obsbus query-dimension-records $(REPO) exposure
 
 # Local PostgreSQL on 127.0.0.1 (data in var/postgres/); idempotent.
 postgres:

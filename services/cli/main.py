@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Sequence
 
 from ..core.errors import ObsbusError
+from ..instruments.simcam import cli as simcam_cli
 from . import calib_commands, ingest_commands, query_commands, repo_commands
 
 PROG = "obsbus"
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (repo_commands, ingest_commands, query_commands, calib_commands):
+    for module in (repo_commands, ingest_commands, query_commands, calib_commands, simcam_cli):
         module.add_commands(sub, common)
     return parser
 
