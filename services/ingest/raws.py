@@ -25,7 +25,7 @@ from ..core.errors import (
     UnknownFilterError,
     UnknownInstrumentError,
 )
-from ..datastore.datastore import file_checksum
+from ..datastore.datastore import StoredFile, file_checksum
 from ..instruments import Instrument, available, load_instrument
 from ..instruments.base import RAW
 from ..registry.datasets import DatasetRef, IdGenerationMode
@@ -158,6 +158,10 @@ def _instrument_for(path: Path, name: str) -> type[Instrument]:
     return load_instrument(name)
 
 
+def _exposure_key(prepared: PreparedFile) -> tuple[str, int]:
+    return prepared.instrument.name, prepared.exposure["id"]
+
+
 class RawIngester:
     """Ingests raw files into a repository; one instance per ingest session or service."""
 
@@ -169,91 +173,162 @@ class RawIngester:
         butler.registry.register_dataset_type(RAW)
 
     def ingest(self, paths: Iterable[Path], fail_fast: bool = False) -> Iterator[IngestOutcome]:
-        """Ingest each file; yields its outcome as soon as it is known."""
+        """Ingest each file, yielding outcomes as they are known (in the order given).
+
+        Consecutive files of one exposure (205 for a SimCam exposure) are landed together in
+        one transaction; if that fails, they are landed one by one so only the bad file fails.
+        """
+        batch: list[PreparedFile] = []
         for path in paths:
-            outcome = self.ingest_one(path)
-            yield outcome
-            if fail_fast and outcome.status == "failed":
-                return
+            try:
+                prepared = prepare(path)
+            except Exception as err:  # one outcome per file, whatever went wrong
+                yield from self._flush(batch)
+                batch = []
+                yield self._failure(path, err)
+                if fail_fast:
+                    return
+                continue
+            if batch and _exposure_key(batch[0]) != _exposure_key(prepared):
+                outcomes = self._flush(batch)
+                yield from outcomes
+                batch = []
+                if fail_fast and any(o.status == "failed" for o in outcomes):
+                    return
+            batch.append(prepared)
+        yield from self._flush(batch)
 
-    def ingest_one(self, path: Path) -> IngestOutcome:
-        try:
-            prepared = prepare(path)
-            return self.write(prepared)
-        except ObsbusError as err:
+    def _flush(self, batch: list[PreparedFile]) -> list[IngestOutcome]:
+        if not batch:
+            return []
+        if len(batch) > 1:
+            try:
+                return self.write(batch)
+            except Exception:
+                pass
+        outcomes = []
+        for prepared in batch:
+            try:
+                outcomes.extend(self.write([prepared]))
+            except Exception as err:
+                outcomes.append(self._failure(prepared.path, err))
+        return outcomes
+
+    @staticmethod
+    def _failure(path: Path, err: Exception) -> IngestOutcome:
+        if isinstance(err, ObsbusError):
             return IngestOutcome(str(path), "failed", err.code, str(err))
-        except Exception as err:  # a translator or library failure must not stop the rest
-            log.exception("unexpected ingest failure", file=str(path))
-            return IngestOutcome(
-                str(path), "failed", "unexpected", f"{path}: {type(err).__name__}: {err}"
-            )
+        # A translator or library failure must not stop the rest, but it is a bug to report.
+        log.error("unexpected ingest failure", file=str(path), exc_info=err)
+        return IngestOutcome(
+            str(path), "failed", "unexpected", f"{path}: {type(err).__name__}: {err}"
+        )
 
-    def write(self, prepared: PreparedFile) -> IngestOutcome:
-        """Land one prepared file: its records, datasets and file, in one transaction."""
-        instrument = prepared.instrument
+    def write(self, batch: list[PreparedFile]) -> list[IngestOutcome]:
+        """Land prepared files of one exposure: records, datasets and files, all or nothing."""
+        first = batch[0]
+        instrument = first.instrument
         registry = self.butler.registry
         run = self.run or instrument.raw_run()
-        exposure = prepared.exposure
-        outcome = IngestOutcome(
-            str(prepared.path),
-            "ingested",
-            instrument=instrument.name,
-            exposure=exposure["id"],
-            detectors=[d.detector for d in prepared.datasets],
-        )
+        exposure = first.exposure
         refs = [
-            registry.make_ref(
-                RAW,
-                {"instrument": instrument.name, "exposure": exposure["id"], "detector": d.detector},
-                run,
-                IdGenerationMode.DATAID_TYPE_RUN,
-            )
-            for d in prepared.datasets
+            [
+                registry.make_ref(
+                    RAW,
+                    {
+                        "instrument": instrument.name,
+                        "exposure": exposure["id"],
+                        "detector": d.detector,
+                    },
+                    run,
+                    IdGenerationMode.DATAID_TYPE_RUN,
+                )
+                for d in prepared.datasets
+            ]
+            for prepared in batch
         ]
-        outcome.dataset_ids = [str(r.id) for r in refs]
+        outcomes = [
+            IngestOutcome(
+                str(prepared.path),
+                "ingested",
+                instrument=instrument.name,
+                exposure=exposure["id"],
+                detectors=[d.detector for d in prepared.datasets],
+                dataset_ids=[str(r.id) for r in file_refs],
+                message=f"{len(file_refs)} dataset(s) into {run}",
+            )
+            for prepared, file_refs in zip(batch, refs, strict=True)
+        ]
         with self.butler.datastore.transaction() as files, registry.transaction():
             self._check_registered(instrument)
-            for element, record in (
-                ("day_obs", prepared.day_obs),
-                ("group", prepared.group),
-                ("exposure", exposure),
-            ):
-                if record is not None:
-                    registry.sync_dimension_record(element, record)
-            if prepared.visit is not None:
-                registry.sync_dimension_record("visit", prepared.visit[0])
-                registry.sync_dimension_record("visit_definition", prepared.visit[1])
-            begin = exposure["timespan"].db_begin
-            for d in prepared.datasets:
-                if d.serial is not None:
-                    previous = registry.installed_detector(instrument.name, d.detector, begin)
-                    if (
-                        registry.record_installation(instrument.name, d.detector, d.serial, begin)
-                        == "swapped"
-                    ):
-                        outcome.swaps.append(
-                            {"detector": d.detector, "old_serial": previous, "new_serial": d.serial}
-                        )
-            results = registry.insert_datasets(refs)
-            if "inserted" not in results:
-                self._check_same_file(prepared, refs[0])
-                outcome.status = "already-present"
-                outcome.swaps = []
-                return outcome
-            self._store(files, prepared, refs, exposure)
-        outcome.message = f"{len(refs)} dataset(s) into {run}"
-        return outcome
+            self._sync_records(batch)
+            self._record_installations(batch, outcomes)
+            results = registry.insert_datasets([r for file_refs in refs for r in file_refs])
+            stored: list[StoredFile] = []
+            for prepared, file_refs, outcome in zip(batch, refs, outcomes, strict=True):
+                inserted = [results.pop(0) == "inserted" for _ in file_refs]
+                if not any(inserted):
+                    self._check_same_file(prepared, file_refs[0])
+                    outcome.status, outcome.swaps, outcome.message = "already-present", [], ""
+                    continue
+                stored.extend(self._transfer(files, prepared, file_refs))
+            registry.store_files(stored)
+        return outcomes
 
-    def _store(
-        self, files: Any, prepared: PreparedFile, refs: list[DatasetRef], exposure: Record
+    def _sync_records(self, batch: list[PreparedFile]) -> None:
+        """The exposure's records, once; every file of the batch must agree with them."""
+        registry = self.butler.registry
+        first = batch[0]
+        for prepared in batch[1:]:
+            if prepared.exposure != first.exposure:
+                # Let the registry name the differing fields against the first file's record.
+                registry.sync_dimension_record("exposure", first.exposure)
+                registry.sync_dimension_record("exposure", prepared.exposure)
+        for element, record in (
+            ("day_obs", first.day_obs),
+            ("group", first.group),
+            ("exposure", first.exposure),
+        ):
+            if record is not None:
+                registry.sync_dimension_record(element, record)
+        if first.visit is not None:
+            registry.sync_dimension_record("visit", first.visit[0])
+            registry.sync_dimension_record("visit_definition", first.visit[1])
+
+    def _record_installations(
+        self, batch: list[PreparedFile], outcomes: list[IngestOutcome]
     ) -> None:
+        """Record the device each header names in its slot; a new one is a swap to report."""
+        registry = self.butler.registry
+        instrument = batch[0].instrument.name
+        begin = batch[0].exposure["timespan"].db_begin
+        seen = [
+            (d, outcome)
+            for prepared, outcome in zip(batch, outcomes, strict=True)
+            for d in prepared.datasets
+            if d.serial is not None
+        ]
+        installed = registry.installed_detectors(instrument, [d.detector for d, _ in seen], begin)
+        for d, outcome in seen:
+            previous = installed.get(d.detector)
+            if previous == d.serial:
+                continue
+            assert d.serial is not None
+            if registry.record_installation(instrument, d.detector, d.serial, begin) == "swapped":
+                outcome.swaps.append(
+                    {"detector": d.detector, "old_serial": previous, "new_serial": d.serial}
+                )
+
+    def _transfer(
+        self, files: Any, prepared: PreparedFile, refs: list[DatasetRef]
+    ) -> list[StoredFile]:
         # One transfer per file, however many detectors it holds; each dataset's record
         # points into it with its own locator.
         first = refs[0]
         path_data_id = (
             first.data_id
             if len(refs) == 1
-            else {"instrument": first.data_id["instrument"], "exposure": exposure["id"]}
+            else {"instrument": first.data_id["instrument"], "exposure": first.data_id["exposure"]}
         )
         stored = files.ingest(
             prepared.path,
@@ -265,14 +340,10 @@ class RawIngester:
             formatter=prepared.datasets[0].formatter,
             transfer=self.transfer,
         )
-        self.butler.registry.store_files(
-            [
-                dataclasses.replace(
-                    stored, dataset_id=ref.id, locator=d.locator, formatter=d.formatter
-                )
-                for ref, d in zip(refs, prepared.datasets, strict=True)
-            ]
-        )
+        return [
+            dataclasses.replace(stored, dataset_id=ref.id, locator=d.locator, formatter=d.formatter)
+            for ref, d in zip(refs, prepared.datasets, strict=True)
+        ]
 
     def _check_registered(self, instrument: type[Instrument]) -> None:
         if instrument.name in self._registered:

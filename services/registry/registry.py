@@ -220,20 +220,30 @@ class Registry:
             )
             return "installed" if not rows else "swapped"
 
-    def installed_detector(self, instrument: str, detector: int, at_ns: int) -> str | None:
-        """Serial of the device in slot ``detector`` at moment ``at_ns``."""
+    def installed_detectors(
+        self, instrument: str, detectors: Sequence[int], at_ns: int
+    ) -> dict[int, str]:
+        """Serial of the device in each slot at moment ``at_ns`` (slots with none are absent)."""
         table = self.records.table("detector_installation")
         c = table.c
+        out: dict[int, str] = {}
         with self._read() as conn:
-            serial = conn.execute(
-                select(c.physical_detector).where(
-                    c.instrument == instrument,
-                    c.detector == detector,
-                    c.timespan_begin <= at_ns,
-                    c.timespan_end > at_ns,
+            wanted = sorted(set(detectors))
+            for start in range(0, len(wanted), 500):
+                rows = conn.execute(
+                    select(c.detector, c.physical_detector).where(
+                        c.instrument == instrument,
+                        c.detector.in_(wanted[start : start + 500]),
+                        c.timespan_begin <= at_ns,
+                        c.timespan_end > at_ns,
+                    )
                 )
-            ).scalar()
-        return None if serial is None else str(serial)
+                out.update({int(d): str(s) for d, s in rows})
+        return out
+
+    def installed_detector(self, instrument: str, detector: int, at_ns: int) -> str | None:
+        """Serial of the device in slot ``detector`` at moment ``at_ns``."""
+        return self.installed_detectors(instrument, [detector], at_ns).get(detector)
 
     # --- dataset types --------------------------------------------------------------------------
 
