@@ -13,12 +13,27 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy
-from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, and_, or_, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    and_,
+    cast,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.engine import Connection, RowMapping
 
 from ..core.errors import CalibrationAmbiguityError, CalibrationOverlapError
 from ..core.timespan import Timespan, now_ns
 from .database import PG_EXCLUSION_VIOLATION, sqlstate
+
+# How often certify plans again after losing a race to a concurrent certifier (PostgreSQL).
+_RACE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -91,9 +106,42 @@ class CalibrationManager:
         by: str,
     ) -> int:
         """Insert validity rows; an identical live row is a no-op; any overlap writes nothing."""
+        for _ in range(_RACE_ATTEMPTS):
+            new = self._plan(conn, collection, dataset_type, entries)
+            if not new:
+                return 0
+            try:
+                with conn.begin_nested():
+                    return self._insert(conn, new, by)
+            except sqlalchemy.exc.IntegrityError as err:
+                # A concurrent writer committed an overlapping row first (PostgreSQL's exclusion
+                # constraint waited for it). Plan again: at READ COMMITTED that row is now
+                # visible, so an identical replay becomes a no-op and anything else a
+                # CalibrationOverlapError naming it.
+                if sqlstate(err) != PG_EXCLUSION_VIOLATION:
+                    raise
+        clashes = {
+            v.describe()
+            for entry in entries
+            for v in self.find_overlaps(
+                conn,
+                entry.collection_id,
+                entry.dataset_type_id,
+                [entry.data_id_key],
+                entry.timespan,
+            )
+        }
+        raise CalibrationOverlapError(collection, dataset_type, sorted(clashes))
+
+    def _plan(
+        self, conn: Connection, collection: str, dataset_type: str, entries: Sequence[Validity]
+    ) -> list[Validity]:
+        """The entries still to insert; raises if any overlaps a stored or another new range."""
         conflicts: list[str] = []
         new: list[Validity] = []
         for entry in entries:
+            if entry in new:
+                continue  # the same dataset and range listed twice in one call
             stored = self.find_overlaps(
                 conn,
                 entry.collection_id,
@@ -114,8 +162,9 @@ class CalibrationManager:
             new.append(entry)
         if conflicts:
             raise CalibrationOverlapError(collection, dataset_type, sorted(set(conflicts)))
-        if not new:
-            return 0
+        return new
+
+    def _insert(self, conn: Connection, new: Sequence[Validity], by: str) -> int:
         at = now_ns()
         rows = [
             {
@@ -130,27 +179,7 @@ class CalibrationManager:
             }
             for v in new
         ]
-        try:
-            with conn.begin_nested():
-                conn.execute(self._v.insert(), rows)
-        except sqlalchemy.exc.IntegrityError as err:
-            # A concurrent writer won the race on PostgreSQL; report what is now in the way.
-            if sqlstate(err) != PG_EXCLUSION_VIOLATION:
-                raise
-            clashes = [
-                v
-                for entry in new
-                for v in self.find_overlaps(
-                    conn,
-                    entry.collection_id,
-                    entry.dataset_type_id,
-                    [entry.data_id_key],
-                    entry.timespan,
-                )
-            ]
-            raise CalibrationOverlapError(
-                collection, dataset_type, sorted({v.describe() for v in clashes})
-            ) from None
+        conn.execute(self._v.insert(), rows)
         return len(rows)
 
     def decertify(
@@ -163,6 +192,16 @@ class CalibrationManager:
         by: str,
     ) -> int:
         """Cut ``ts`` out of every matching live range (splitting ranges where needed)."""
+        if conn.dialect.name == "postgresql":
+            # One decertify at a time per collection and dataset type (SQLite's BEGIN IMMEDIATE
+            # gives that for free): otherwise two could split the same row, and the second's
+            # remainders would clash with the first's. Waiting here, the select below then sees
+            # the first one's committed remainders (READ COMMITTED).
+            conn.execute(
+                select(
+                    func.pg_advisory_xact_lock(cast(collection_id, Integer), cast(type_id, Integer))
+                )
+            )
         c = self._v.c
         stmt = select(self._v).where(
             c.collection_id == collection_id,
@@ -241,6 +280,8 @@ class CalibrationManager:
         as_of: int | None,
     ) -> list[list[Validity]]:
         """All live matches for many (data ID key, timespan) queries in one joined query."""
+        if not queries:
+            return []  # (an empty executemany is deprecated in SQLAlchemy)
         tmp = Table(
             f"calib_query_{uuid.uuid4().hex[:12]}",
             MetaData(),

@@ -11,6 +11,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import sqlalchemy
 from sqlalchemy import ColumnElement, Table, and_, or_, select
 from sqlalchemy.engine import Connection, RowMapping
 
@@ -110,11 +111,17 @@ class CollectionManager:
             return existing, False
         if not name or name.strip() != name:
             raise CollectionTypeError(f"invalid collection name {name!r}")
-        result = conn.execute(
-            self._collection.insert().values(
-                name=name, type=type_.value, doc=doc, created_at=now_ns()
-            )
-        )
+        try:
+            with conn.begin_nested():  # a concurrent writer may create it first
+                result = conn.execute(
+                    self._collection.insert().values(
+                        name=name, type=type_.value, doc=doc, created_at=now_ns()
+                    )
+                )
+        except sqlalchemy.exc.IntegrityError:
+            if self.find(conn, name) is None:
+                raise
+            return self.register(conn, name, type_, doc)
         pk = result.inserted_primary_key
         assert pk is not None
         return Collection(int(pk[0]), name, type_, doc, None), True

@@ -504,7 +504,6 @@ class Registry:
 
     def certify(self, collection: str, refs: Sequence[DatasetRef], timespan: Timespan) -> int:
         with self.transaction() as conn:
-            self.collections.register(conn, collection, CollectionType.CALIBRATION)
             target = self.collections.get(conn, collection, expect=CollectionType.CALIBRATION)
             target.check_writable("certify into it")
             by_type: dict[str, list[Validity]] = {}
