@@ -56,3 +56,10 @@ def test_difference_splits() -> None:
 def test_db_sentinels_round_trip() -> None:
     for ts in (Timespan(None, None), Timespan(None, 5), Timespan(5, None), Timespan(1, 2)):
         assert Timespan.from_db(ts.db_begin, ts.db_end) == ts
+
+
+def test_times_beyond_int64_nanoseconds_are_refused() -> None:
+    with pytest.raises(TimespanError, match="outside what obsbus stores"):
+        Timespan(0, 10**19)
+    with pytest.raises(TimespanError, match="outside what obsbus stores"):
+        Timespan.from_times("2300-01-01", None)

@@ -113,6 +113,7 @@ class DimensionUniverse:
         self.version = version
         self.elements: dict[str, Element] = {e.name: e for e in elements}
         self._order = {name: i for i, name in enumerate(self.elements)}
+        self._closures: dict[frozenset[str], tuple[str, ...]] = {}
         for e in self.elements.values():
             for dep in (*e.requires, *e.implies):
                 if dep not in self.elements or not self.elements[dep].is_dimension:
@@ -158,6 +159,13 @@ class DimensionUniverse:
 
     def closure(self, names: Iterable[str]) -> tuple[str, ...]:
         """The given dimensions plus everything they require, in universe order."""
+        key = frozenset(names)
+        cached = self._closures.get(key)
+        if cached is None:  # the universe never changes: remember (bulk lookups ask a lot)
+            cached = self._closures[key] = self._compute_closure(key)
+        return cached
+
+    def _compute_closure(self, names: Iterable[str]) -> tuple[str, ...]:
         todo, seen = list(names), set[str]()
         while todo:
             name = todo.pop()

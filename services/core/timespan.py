@@ -70,6 +70,11 @@ class Timespan:
     end: int | None
 
     def __post_init__(self) -> None:
+        for bound in (self.begin, self.end):
+            if bound is not None and not BEGIN_UNBOUNDED < bound < END_UNBOUNDED:
+                raise TimespanError(
+                    f"time {bound} ns is outside what obsbus stores (about 1678 to 2262)"
+                )
         if self.begin is not None and self.end is not None and self.begin >= self.end:
             raise TimespanError(
                 f"empty timespan: begin {ns_to_iso(self.begin)} is not before end "

@@ -7,6 +7,7 @@ deleted: decertify stamps ``decertified_at`` and inserts what remains of the ran
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    bindparam,
     cast,
     func,
     or_,
@@ -53,6 +55,8 @@ class Validity:
 class CalibrationManager:
     def __init__(self, tables: Mapping[str, Table]) -> None:
         self._v = tables["calib_validity"]
+        self._datasets = tables["dataset"]
+        self._collections = tables["collection"]
 
     def _live(self, as_of: int | None) -> Any:
         c = self._v.c
@@ -239,6 +243,40 @@ class CalibrationManager:
             conn.execute(self._v.insert(), pieces)
         return len(rows)
 
+    @functools.cached_property
+    def _lookup_statements(self) -> dict[bool, Any]:
+        """The single-lookup query, built once per variant (now / as of a moment).
+
+        Lookups are the hot path: building SQLAlchemy expressions costs more than running
+        them, so the statements take bound parameters instead.
+        """
+        c, d, runs = self._v.c, self._datasets.c, self._collections.c
+        statements = {}
+        for with_as_of in (False, True):
+            live = (
+                and_(
+                    c.certified_at <= bindparam("as_of"),
+                    or_(c.decertified_at.is_(None), c.decertified_at > bindparam("as_of")),
+                )
+                if with_as_of
+                else c.decertified_at.is_(None)
+            )
+            statements[with_as_of] = (
+                select(self._v, runs.name.label("run_name"))
+                .join(self._datasets, d.id == c.dataset_id)
+                .join(self._collections, runs.id == d.run_id)
+                .where(
+                    c.collection_id == bindparam("collection_id"),
+                    c.dataset_type_id == bindparam("type_id"),
+                    c.data_id_key == bindparam("key"),
+                    live,
+                    c.begin_ns < bindparam("end"),
+                    c.end_ns > bindparam("begin"),
+                )
+                .order_by(c.begin_ns)
+            )
+        return statements
+
     def lookup(
         self,
         conn: Connection,
@@ -248,28 +286,26 @@ class CalibrationManager:
         ts: Timespan,
         as_of: int | None,
         describe: str,
-    ) -> Validity | None:
-        c = self._v.c
-        rows = list(
-            conn.execute(
-                select(self._v)
-                .where(
-                    c.collection_id == collection_id,
-                    c.dataset_type_id == type_id,
-                    c.data_id_key == key,
-                    self._live(as_of),
-                    self._overlapping(ts, c.begin_ns, c.end_ns),
-                )
-                .order_by(c.begin_ns)
-            ).mappings()
-        )
+    ) -> tuple[Validity, str] | None:
+        """The one live range matching, with its dataset's RUN name (one query)."""
+        params = {
+            "collection_id": collection_id,
+            "type_id": type_id,
+            "key": key,
+            "begin": ts.db_begin,
+            "end": ts.db_end,
+        }
+        if as_of is not None:
+            params["as_of"] = as_of
+        stmt = self._lookup_statements[as_of is not None]
+        rows = list(conn.execute(stmt, params).mappings())
         if len(rows) > 1:
             ranges = "; ".join(str(self._row_validity(r).timespan) for r in rows)
             raise CalibrationAmbiguityError(
                 f"{describe}: the time range {ts} spans {len(rows)} validity ranges ({ranges}); "
                 "ask for a single time or a narrower range"
             )
-        return self._row_validity(rows[0]) if rows else None
+        return (self._row_validity(rows[0]), str(rows[0]["run_name"])) if rows else None
 
     def bulk_lookup(
         self,

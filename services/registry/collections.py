@@ -8,11 +8,13 @@ kept forever (``superseded_at``) so a search path can be resolved "as of" a past
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy
-from sqlalchemy import ColumnElement, Table, and_, or_, select
+from sqlalchemy import Table, and_, bindparam, or_, select
 from sqlalchemy.engine import Connection, RowMapping
 
 from ..core.errors import (
@@ -61,6 +63,8 @@ class CollectionManager:
     def __init__(self, tables: Mapping[str, Table]) -> None:
         self._collection = tables["collection"]
         self._chain = tables["collection_chain"]
+        # A collection's id and type never change, so reads may reuse them (see resolve).
+        self._resolved: dict[str, Collection] = {}
 
     def _from_row(self, row: RowMapping) -> Collection:
         return Collection(
@@ -91,6 +95,13 @@ class CollectionManager:
             raise CollectionTypeError(
                 f"collection {name!r} is {found.type.value}, not {expect.value}"
             )
+        return found
+
+    def resolve(self, conn: Connection, name: str) -> Collection:
+        """Like ``get`` for read paths: cached, so its ``frozen_at`` may be out of date."""
+        found = self._resolved.get(name)
+        if found is None:
+            found = self._resolved[name] = self.get(conn, name)
         return found
 
     def by_id(self, conn: Connection, ids: Sequence[int]) -> dict[int, Collection]:
@@ -144,25 +155,33 @@ class CollectionManager:
 
     # --- chains -------------------------------------------------------------------------------
 
-    def _chain_rows_clause(self, parent_id: int, as_of: int | None) -> ColumnElement[bool]:
+    @functools.cached_property
+    def _children_statements(self) -> dict[bool, Any]:
+        # Built once (now / as of a moment): every lookup through a chain runs one of these.
         c = self._chain.c
-        if as_of is None:
-            return and_(c.parent_id == parent_id, c.superseded_at.is_(None))
-        return and_(
-            c.parent_id == parent_id,
-            c.defined_at <= as_of,
-            or_(c.superseded_at.is_(None), c.superseded_at > as_of),
-        )
+        as_of: Any = bindparam("as_of")
+        statements = {}
+        for with_as_of, rows in (
+            (False, c.superseded_at.is_(None)),
+            (
+                True,
+                and_(
+                    c.defined_at <= as_of, or_(c.superseded_at.is_(None), c.superseded_at > as_of)
+                ),
+            ),
+        ):
+            statements[with_as_of] = (
+                select(self._collection.c.name)
+                .join(self._chain, c.child_id == self._collection.c.id)
+                .where(c.parent_id == bindparam("parent_id"), rows)
+                .order_by(c.position)
+            )
+        return statements
 
     def children(self, conn: Connection, parent: Collection, as_of: int | None = None) -> list[str]:
-        c = self._chain.c
-        stmt = (
-            select(self._collection.c.name)
-            .join(self._chain, c.child_id == self._collection.c.id)
-            .where(self._chain_rows_clause(parent.id, as_of))
-            .order_by(c.position)
-        )
-        return [str(n) for n in conn.execute(stmt).scalars()]
+        params = {"parent_id": parent.id} | ({} if as_of is None else {"as_of": as_of})
+        stmt = self._children_statements[as_of is not None]
+        return [str(n) for n in conn.execute(stmt, params).scalars()]
 
     def set_chain(
         self, conn: Connection, parent_name: str, children: Sequence[str], by: str
@@ -184,7 +203,7 @@ class CollectionManager:
         at = now_ns()
         conn.execute(
             self._chain.update()
-            .where(self._chain_rows_clause(parent.id, None))
+            .where(self._chain.c.parent_id == parent.id, self._chain.c.superseded_at.is_(None))
             .values(superseded_at=at)
         )
         if child_cols:
@@ -223,7 +242,7 @@ class CollectionManager:
         out: list[str] = []
 
         def visit(name: str, path: tuple[str, ...]) -> None:
-            collection = self.get(conn, name)
+            collection = self.resolve(conn, name)
             if collection.type is CollectionType.CHAINED:
                 if name in path:  # history could only hold a cycle if written outside obsbus
                     raise ChainCycleError(f"chain {name!r} contains itself")

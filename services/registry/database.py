@@ -81,7 +81,7 @@ class Database:
         if current is not None:
             yield current
             return
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             if write and self.dialect == "sqlite":
                 conn = conn.execution_options(sqlite_begin="IMMEDIATE")
             self._local.conn = conn
@@ -93,10 +93,40 @@ class Database:
             finally:
                 self._local.conn = None
 
+    def _connect(self) -> Connection:
+        try:
+            return self.engine.connect()
+        except sqlalchemy.exc.DBAPIError as err:  # refused, unknown host, bad password, ...
+            url = self.engine.url
+            if url.get_backend_name() == "sqlite":
+                what = f"cannot open the registry database {url.database}"
+                todo = "check that its folder exists and that you may read and write there"
+            else:
+                what = f"cannot connect to the registry database at {_server(url)}"
+                todo = (
+                    "check that the server is running and reachable and that the URL is right "
+                    "(from --db, the repository's obsbus.yaml or OBSBUS_DB)"
+                )
+            raise DatabaseError(f"{what} ({_detail(err)}); {todo}") from err
+
     def dispose(self) -> None:
         self.engine.dispose()
 
 
+def _detail(err: sqlalchemy.exc.DBAPIError) -> str:
+    """The driver's own message, first line only (drivers add hints on further lines)."""
+    lines = str(err.orig).strip().splitlines() if err.orig is not None else []
+    return lines[0].strip() if lines else "unknown"
+
+
+def _server(url: sqlalchemy.URL) -> str:
+    """Where a server URL points (user@host:port/database), never its password."""
+    where = f"{url.host or 'localhost'}" + (f":{url.port}" if url.port else "")
+    user = f"{url.username}@" if url.username else ""
+    return f"{user}{where}/{url.database or ''}"
+
+
 def _one_line(err: sqlalchemy.exc.DBAPIError) -> str:
-    detail = str(err.orig).strip().splitlines()[0] if err.orig is not None else "unknown"
-    return f"the registry database refused the operation ({type(err.orig).__name__}: {detail})"
+    return (
+        f"the registry database refused the operation ({type(err.orig).__name__}: {_detail(err)})"
+    )

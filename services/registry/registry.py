@@ -387,7 +387,7 @@ class Registry:
             values = self._expand_for(conn, dt, data_id)
             normalized = self.universe.data_id(dt.dimensions, values)
             for name in self.collections.flatten(conn, collections, as_of):
-                collection = self.collections.get(conn, name)
+                collection = self.collections.resolve(conn, name)
                 match = self._find_in(conn, collection, type_id, dt, normalized, timespan, as_of)
                 if match is not None:
                     return match
@@ -424,8 +424,9 @@ class Registry:
                 f"{dt.name} {data_id} in {collection.name}",
             )
             if found is not None:
-                ref = self.datasets.get_refs(conn, [found.dataset_id])[0]
-                return CalibrationMatch(ref, collection.name, found.timespan)
+                validity, run = found
+                ref = DatasetRef(validity.dataset_id, dt, data_id, run)
+                return CalibrationMatch(ref, collection.name, validity.timespan)
         return None if ref is None else CalibrationMatch(ref, collection.name, None)
 
     def query_datasets(
@@ -596,7 +597,7 @@ class Registry:
         with self._read() as conn:
             type_id, dt = self.datasets.type_with_id(conn, dataset_type)
             names = self.collections.flatten(conn, collections, as_of)
-            cols = [self.collections.get(conn, n) for n in names]
+            cols = [self.collections.resolve(conn, n) for n in names]
             calib_cols = [c for c in cols if c.type is CollectionType.CALIBRATION]
             if len(calib_cols) != len(cols):
                 other = [c.name for c in cols if c.type is not CollectionType.CALIBRATION]
