@@ -24,7 +24,7 @@ from services.cli.main import main
 from services.core.timespan import time_to_ns
 from services.ingest.headers import configure_offline_translation
 from services.ingest.observation import exposure_timespan
-from services.ingest.raws import IngestOutcome, RawIngester
+from services.ingest.raws import IngestOutcome, RawIngester, find_raw_files
 from services.instruments import load_instrument
 from tests.support import headers as hdrs
 
@@ -293,3 +293,15 @@ def _truncated(path: Path) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 2000])
     return path
+
+
+def test_fail_fast_stops_at_the_first_failure(repo: Butler, tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    _text(landing / "a-junk.fits", "not fits")  # sorted first
+    hdrs.write_single(HSC, landing / "b.fits")
+    outcomes = list(RawIngester(repo).ingest(find_raw_files([landing]), fail_fast=True))
+    assert [(o.status, o.reason) for o in outcomes] == [("failed", "not_fits")]
+    assert repo.registry.query_dimension_records("exposure") == []
+    outcomes = list(RawIngester(repo).ingest(find_raw_files([landing])))
+    assert [o.status for o in outcomes] == ["failed", "ingested"]
