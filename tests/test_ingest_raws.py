@@ -166,7 +166,7 @@ def test_repeat_is_a_no_op_and_a_different_file_is_a_conflict(repo: Butler, tmp_
     hdrs.write_single(HSC2, other, OBSNOTE="a different file")
     (conflict,) = ingest(repo, other)
     assert (conflict.status, conflict.reason) == ("failed", "file_conflict")
-    assert "already holds a different raw" in conflict.message
+    assert "already exists with different content" in conflict.message
 
 
 @pytest.mark.parametrize(
@@ -305,3 +305,12 @@ def test_fail_fast_stops_at_the_first_failure(repo: Butler, tmp_path: Path) -> N
     assert repo.registry.query_dimension_records("exposure") == []
     outcomes = list(RawIngester(repo).ingest(find_raw_files([landing])))
     assert [o.status for o in outcomes] == ["failed", "ingested"]
+
+
+def test_direct_repeat_of_a_different_file_is_a_conflict(repo: Butler, tmp_path: Path) -> None:
+    first = hdrs.write_single(HSC2, tmp_path / "first.fits")
+    second = hdrs.write_single(HSC2, tmp_path / "second.fits", OBSNOTE="another file")
+    assert [o.status for o in ingest(repo, first, transfer="direct")] == ["ingested"]
+    (outcome,) = ingest(repo, second, transfer="direct")
+    assert (outcome.status, outcome.reason) == ("failed", "file_conflict")
+    assert "already holds a different raw" in outcome.message

@@ -61,6 +61,19 @@ class DataIdError(DimensionError):
     code = "bad_data_id"
 
 
+class UnregisteredDataIdError(DataIdError):
+    """A data ID value has no dimension record (e.g. an unknown detector).
+
+    ``index`` is the position of the offending data ID among those checked together, so a
+    caller can name its own input (e.g. the row of an ingest table). Same ``code`` as
+    DataIdError: it is a bad data ID.
+    """
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 class DimensionRecordError(DimensionError):
     """A dimension record is malformed (missing or mistyped fields)."""
 
@@ -209,6 +222,12 @@ class ChecksumError(DatastoreError):
     code = "checksum"
 
 
+class FileConflictError(DatastoreError):
+    """A different file was already stored for the same dataset."""
+
+    code = "file_conflict"
+
+
 # --- queries and input ------------------------------------------------------------------------
 
 
@@ -268,9 +287,3 @@ class UnknownDetectorError(RawFileError):
 
 class InstrumentNotRegisteredError(RawFileError):
     code = "instrument_not_registered"
-
-
-class FileConflictError(RawFileError):
-    """A different file was already ingested for the same data ID."""
-
-    code = "file_conflict"

@@ -26,6 +26,7 @@ from urllib.request import url2pathname
 from services.core.errors import (
     ChecksumError,
     DatastoreError,
+    FileConflictError,
     FormatterError,
     ObsbusError,
     PathEscapeError,
@@ -403,7 +404,7 @@ def _same_content(source: Path, dest: Path) -> tuple[int, str]:
     size, checksum = file_checksum(source)
     if dest.is_file() and file_checksum(dest) == (size, checksum):
         return size, checksum
-    raise DatastoreError(
+    raise FileConflictError(
         f"{dest} already exists with different content; "
         "remove the old dataset first or use another run"
     )

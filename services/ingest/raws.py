@@ -18,17 +18,17 @@ import structlog
 
 from ..butler import Butler
 from ..core.errors import (
-    FileConflictError,
-    InstrumentNotRegisteredError,
     ObsbusError,
     UnknownDetectorError,
     UnknownFilterError,
     UnknownInstrumentError,
 )
-from ..datastore.datastore import StoredFile, file_checksum
+from ..datastore.datastore import DatastoreTransaction, StoredFile
 from ..instruments import Instrument, available, load_instrument
 from ..instruments.base import RAW
+from ..registry.commands import IngestApplier, IngestRaw, Installation
 from ..registry.datasets import DatasetRef, IdGenerationMode
+from ..registry.registry import Registry
 from .headers import choose_translator, open_fits, translate
 from .observation import (
     Record,
@@ -158,6 +158,46 @@ def _instrument_for(path: Path, name: str) -> type[Instrument]:
     return load_instrument(name)
 
 
+def raw_refs(registry: Registry, prepared: PreparedFile, run: str) -> list[DatasetRef]:
+    """The raw datasets of a file, with their deterministic ids."""
+    instrument, exposure = prepared.instrument.name, prepared.exposure["id"]
+    return [
+        registry.make_ref(
+            RAW,
+            {"instrument": instrument, "exposure": exposure, "detector": d.detector},
+            run,
+            IdGenerationMode.DATAID_TYPE_RUN,
+        )
+        for d in prepared.datasets
+    ]
+
+
+def to_command(
+    prepared: PreparedFile, run: str, refs: list[DatasetRef], stored: list[StoredFile]
+) -> IngestRaw:
+    """The registry command that records one prepared (and transferred) file."""
+    records = [
+        ("day_obs", prepared.day_obs),
+        ("group", prepared.group),
+        ("exposure", prepared.exposure),
+    ]
+    if prepared.visit is not None:
+        records += [("visit", prepared.visit[0]), ("visit_definition", prepared.visit[1])]
+    since = prepared.exposure["timespan"].db_begin
+    return IngestRaw(
+        run=run,
+        file=str(prepared.path),
+        records=tuple((e, r) for e, r in records if r is not None),
+        installations=tuple(
+            Installation(prepared.instrument.name, d.detector, d.serial, since)
+            for d in prepared.datasets
+            if d.serial is not None
+        ),
+        datasets=tuple(refs),
+        stored=tuple(stored),
+    )
+
+
 def _exposure_key(prepared: PreparedFile) -> tuple[str, int]:
     return prepared.instrument.name, prepared.exposure["id"]
 
@@ -169,7 +209,7 @@ class RawIngester:
         self.butler = butler
         self.transfer = transfer
         self.run = run
-        self._registered: set[str] = set()  # instruments known to be registered
+        self._applier = IngestApplier(butler.registry)
         butler.registry.register_dataset_type(RAW)
 
     def ingest(self, paths: Iterable[Path], fail_fast: bool = False) -> Iterator[IngestOutcome]:
@@ -226,144 +266,57 @@ class RawIngester:
 
     def write(self, batch: list[PreparedFile]) -> list[IngestOutcome]:
         """Land prepared files of one exposure: records, datasets and files, all or nothing."""
-        first = batch[0]
-        instrument = first.instrument
         registry = self.butler.registry
-        run = self.run or instrument.raw_run()
-        exposure = first.exposure
-        refs = [
-            [
-                registry.make_ref(
-                    RAW,
-                    {
-                        "instrument": instrument.name,
-                        "exposure": exposure["id"],
-                        "detector": d.detector,
-                    },
-                    run,
-                    IdGenerationMode.DATAID_TYPE_RUN,
-                )
-                for d in prepared.datasets
-            ]
-            for prepared in batch
-        ]
-        outcomes = [
-            IngestOutcome(
-                str(prepared.path),
-                "ingested",
-                instrument=instrument.name,
-                exposure=exposure["id"],
-                detectors=[d.detector for d in prepared.datasets],
-                dataset_ids=[str(r.id) for r in file_refs],
-                message=f"{len(file_refs)} dataset(s) into {run}",
-            )
-            for prepared, file_refs in zip(batch, refs, strict=True)
-        ]
+        run = self.run or batch[0].instrument.raw_run()
+        outcomes = []
         with self.butler.datastore.transaction() as files, registry.transaction():
-            self._check_registered(instrument)
-            self._sync_records(batch)
-            self._record_installations(batch, outcomes)
-            results = registry.insert_datasets([r for file_refs in refs for r in file_refs])
-            stored: list[StoredFile] = []
-            for prepared, file_refs, outcome in zip(batch, refs, outcomes, strict=True):
-                inserted = [results.pop(0) == "inserted" for _ in file_refs]
-                if not any(inserted):
-                    self._check_same_file(prepared, file_refs[0])
-                    outcome.status, outcome.swaps, outcome.message = "already-present", [], ""
-                    continue
-                stored.extend(self._transfer(files, prepared, file_refs))
-            registry.store_files(stored)
+            self._applier.new_batch()
+            for prepared in batch:
+                refs = raw_refs(registry, prepared, run)
+                stored = transfer_file(files, prepared, refs, self.transfer)
+                command = to_command(prepared, run, refs, stored)
+                result = self._applier.apply(command)
+                outcomes.append(
+                    IngestOutcome(
+                        str(prepared.path),
+                        result.status,
+                        instrument=prepared.instrument.name,
+                        exposure=prepared.exposure["id"],
+                        detectors=[d.detector for d in prepared.datasets],
+                        dataset_ids=[str(r.id) for r in refs],
+                        swaps=result.swaps,
+                        message=f"{len(refs)} dataset(s) into {run}"
+                        if result.status == "ingested"
+                        else "",
+                    )
+                )
         return outcomes
 
-    def _sync_records(self, batch: list[PreparedFile]) -> None:
-        """The exposure's records, once; every file of the batch must agree with them."""
-        registry = self.butler.registry
-        first = batch[0]
-        for prepared in batch[1:]:
-            if prepared.exposure != first.exposure:
-                # Let the registry name the differing fields against the first file's record.
-                registry.sync_dimension_record("exposure", first.exposure)
-                registry.sync_dimension_record("exposure", prepared.exposure)
-        for element, record in (
-            ("day_obs", first.day_obs),
-            ("group", first.group),
-            ("exposure", first.exposure),
-        ):
-            if record is not None:
-                registry.sync_dimension_record(element, record)
-        if first.visit is not None:
-            registry.sync_dimension_record("visit", first.visit[0])
-            registry.sync_dimension_record("visit_definition", first.visit[1])
 
-    def _record_installations(
-        self, batch: list[PreparedFile], outcomes: list[IngestOutcome]
-    ) -> None:
-        """Record the device each header names in its slot; a new one is a swap to report."""
-        registry = self.butler.registry
-        instrument = batch[0].instrument.name
-        begin = batch[0].exposure["timespan"].db_begin
-        seen = [
-            (d, outcome)
-            for prepared, outcome in zip(batch, outcomes, strict=True)
-            for d in prepared.datasets
-            if d.serial is not None
-        ]
-        installed = registry.installed_detectors(instrument, [d.detector for d, _ in seen], begin)
-        for d, outcome in seen:
-            previous = installed.get(d.detector)
-            if previous == d.serial:
-                continue
-            assert d.serial is not None
-            if registry.record_installation(instrument, d.detector, d.serial, begin) == "swapped":
-                outcome.swaps.append(
-                    {"detector": d.detector, "old_serial": previous, "new_serial": d.serial}
-                )
+def transfer_file(
+    files: DatastoreTransaction, prepared: PreparedFile, refs: list[DatasetRef], transfer: str
+) -> list[StoredFile]:
+    """Bring one raw file into the datastore: one transfer, however many detectors it holds.
 
-    def _transfer(
-        self, files: Any, prepared: PreparedFile, refs: list[DatasetRef]
-    ) -> list[StoredFile]:
-        # One transfer per file, however many detectors it holds; each dataset's record
-        # points into it with its own locator.
-        first = refs[0]
-        path_data_id = (
-            first.data_id
-            if len(refs) == 1
-            else {"instrument": first.data_id["instrument"], "exposure": first.data_id["exposure"]}
-        )
-        stored = files.ingest(
-            prepared.path,
-            dataset_id=first.id,
-            dataset_type=RAW.name,
-            run=first.run,
-            data_id=path_data_id,
-            storage_class=RAW.storage_class,
-            formatter=prepared.datasets[0].formatter,
-            transfer=self.transfer,
-        )
-        return [
-            dataclasses.replace(stored, dataset_id=ref.id, locator=d.locator, formatter=d.formatter)
-            for ref, d in zip(refs, prepared.datasets, strict=True)
-        ]
-
-    def _check_registered(self, instrument: type[Instrument]) -> None:
-        if instrument.name in self._registered:
-            return
-        record = self.butler.registry.fetch_dimension_record(
-            "instrument", {"name": instrument.name}
-        )
-        if record is None:
-            raise InstrumentNotRegisteredError(
-                f"instrument {instrument.name} is not registered in this repository; run "
-                f"`obsbus register-instrument REPO {instrument.name}` first"
-            )
-        self._registered.add(instrument.name)
-
-    def _check_same_file(self, prepared: PreparedFile, ref: DatasetRef) -> None:
-        """A repeat is a no-op only if it is the same file; a different one is a conflict."""
-        stored = self.butler.stored_file(ref)
-        _, checksum = file_checksum(prepared.path)
-        if checksum != stored.checksum:
-            raise FileConflictError(
-                f"{prepared.path}: {ref.run} already holds a different raw for {ref.data_id} "
-                f"({self.butler.datastore.uri(stored)})"
-            )
+    Each dataset's record points into the same file with its own locator.
+    """
+    first = refs[0]
+    path_data_id = (
+        first.data_id
+        if len(refs) == 1
+        else {"instrument": first.data_id["instrument"], "exposure": first.data_id["exposure"]}
+    )
+    stored = files.ingest(
+        prepared.path,
+        dataset_id=first.id,
+        dataset_type=RAW.name,
+        run=first.run,
+        data_id=path_data_id,
+        storage_class=RAW.storage_class,
+        formatter=prepared.datasets[0].formatter,
+        transfer=transfer,
+    )
+    return [
+        dataclasses.replace(stored, dataset_id=ref.id, locator=d.locator, formatter=d.formatter)
+        for ref, d in zip(refs, prepared.datasets, strict=True)
+    ]

@@ -1,0 +1,177 @@
+"""Registry commands: the changes the registry applies, as plain data.
+
+The registry service receives these from Kafka (the only way anything is written there);
+``obsbus ingest-raws`` builds the same commands and applies them in-process. Applying a
+command is idempotent: a replay or a retry of one already applied changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..core.errors import FileConflictError, InstrumentNotRegisteredError
+from ..core.timespan import Timespan
+from ..datastore.datastore import StoredFile
+from .collections import CollectionType
+from .datasets import DatasetRef
+from .registry import Registry
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Installation:
+    """A device (by serial) seen in a detector slot from a moment on."""
+
+    instrument: str
+    detector: int
+    serial: str
+    since_ns: int
+
+
+@dataclass(frozen=True)
+class IngestRaw:
+    """One raw file: its exposure's records, its datasets and where the datastore put it."""
+
+    run: str
+    file: str  # the source path, for outcomes
+    records: tuple[tuple[str, Record], ...]  # (element, record), in dependency order
+    installations: tuple[Installation, ...]
+    datasets: tuple[DatasetRef, ...]
+    stored: tuple[StoredFile, ...]  # one per dataset, same order
+
+    @property
+    def instrument(self) -> str:
+        return str(self.datasets[0].data_id["instrument"])
+
+
+@dataclass(frozen=True)
+class Certify:
+    collection: str
+    dataset_ids: tuple[str, ...]
+    timespan: Timespan
+
+
+@dataclass(frozen=True)
+class Decertify:
+    collection: str
+    dataset_type: str
+    timespan: Timespan
+    data_ids: tuple[Mapping[str, Any], ...] | None = None
+
+
+@dataclass(frozen=True)
+class SetChain:
+    parent: str
+    children: tuple[str, ...]
+
+
+Command = IngestRaw | Certify | Decertify | SetChain
+
+
+@dataclass
+class IngestResult:
+    """What applying one IngestRaw did."""
+
+    status: Literal["ingested", "already-present"]
+    records_inserted: int = 0
+    swaps: list[dict[str, Any]] = field(default_factory=list)
+
+
+class IngestApplier:
+    """Applies IngestRaw commands; remembers within one batch what it already synced.
+
+    An exposure's 205 files each carry the same exposure records: syncing them once per
+    batch (one transaction) instead of once per file is most of the registry's speed.
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._synced: dict[tuple[str, str], Record] = {}
+        self._instruments: set[str] = set()
+
+    def new_batch(self) -> None:
+        self._synced.clear()
+
+    def apply(self, cmd: IngestRaw) -> IngestResult:
+        registry = self.registry
+        self._check_registered(cmd.instrument)
+        result = IngestResult("ingested")
+        for element, record in cmd.records:
+            key = (element, repr(sorted((k, record[k]) for k in _key_columns(registry, element))))
+            if self._synced.get(key) == record:
+                continue
+            result.records_inserted += registry.sync_dimension_record(element, record) == "inserted"
+            self._synced[key] = record
+        self._record_installations(cmd, result)
+        outcomes = registry.insert_datasets(list(cmd.datasets))
+        if "inserted" not in outcomes:
+            self._check_same_file(cmd)
+            return IngestResult("already-present")
+        registry.store_files(
+            [s for s, o in zip(cmd.stored, outcomes, strict=True) if o == "inserted"]
+        )
+        return result
+
+    def _check_registered(self, instrument: str) -> None:
+        if instrument in self._instruments:
+            return
+        if self.registry.fetch_dimension_record("instrument", {"name": instrument}) is None:
+            raise InstrumentNotRegisteredError(
+                f"instrument {instrument} is not registered in this repository; run "
+                f"`obsbus register-instrument REPO {instrument}` first"
+            )
+        self._instruments.add(instrument)
+
+    def _record_installations(self, cmd: IngestRaw, result: IngestResult) -> None:
+        registry = self.registry
+        by_time: dict[tuple[str, int], list[Installation]] = {}
+        for inst in cmd.installations:
+            by_time.setdefault((inst.instrument, inst.since_ns), []).append(inst)
+        for (instrument, since), group in by_time.items():
+            installed = registry.installed_detectors(instrument, [i.detector for i in group], since)
+            for inst in group:
+                previous = installed.get(inst.detector)
+                if previous == inst.serial:
+                    continue
+                outcome = registry.record_installation(
+                    instrument, inst.detector, inst.serial, since
+                )
+                if outcome == "swapped":
+                    result.swaps.append(
+                        {
+                            "detector": inst.detector,
+                            "old_serial": previous,
+                            "new_serial": inst.serial,
+                        }
+                    )
+
+    def _check_same_file(self, cmd: IngestRaw) -> None:
+        """A repeat is a no-op only if it is the same file; a different one is a conflict."""
+        stored = self.registry.stored_file(cmd.datasets[0].id)
+        if stored.checksum != cmd.stored[0].checksum:
+            raise FileConflictError(
+                f"{cmd.file}: {cmd.run} already holds a different raw for "
+                f"{cmd.datasets[0].data_id} ({stored.path})"
+            )
+
+
+def _key_columns(registry: Registry, element: str) -> Sequence[str]:
+    return registry.universe[element].key_columns
+
+
+def apply_command(registry: Registry, cmd: Certify | Decertify | SetChain) -> int:
+    """Apply a calibration or chain command; returns how many rows it changed."""
+    if isinstance(cmd, Certify):
+        import uuid
+
+        refs = [registry.get_dataset(uuid.UUID(i)) for i in cmd.dataset_ids]
+        registry.get_collection(cmd.collection)  # must exist (blessing checks its type)
+        return registry.certify(cmd.collection, refs, cmd.timespan)
+    if isinstance(cmd, Decertify):
+        data_ids = None if cmd.data_ids is None else list(cmd.data_ids)
+        return registry.decertify(cmd.collection, cmd.dataset_type, cmd.timespan, data_ids)
+    registry.register_collection(cmd.parent, CollectionType.CHAINED)
+    return len(registry.set_chain(cmd.parent, list(cmd.children)))
