@@ -46,3 +46,21 @@ def test_repo_errors(tmp_path: Path) -> None:
     Butler.create(tmp_path / "r").close()
     with pytest.raises(RepoExistsError, match="already an obsbus repository"):
         Butler.create(tmp_path / "r")
+
+
+def test_older_schema_is_refused_until_migrated(empty_butler: Butler) -> None:
+    from alembic import command
+
+    with empty_butler.registry.transaction() as conn:
+        command.downgrade(versioning._config(conn), "0001")
+    empty_butler.close()
+    with pytest.raises(SchemaVersionError) as info:
+        Butler.open(empty_butler.root)
+    message = str(info.value)
+    assert "registry schema 0001, older than this obsbus" in message
+    assert "obsbus migrate REPO" in message
+    from services.cli.main import main
+
+    assert main(["migrate", str(empty_butler.root)]) == 0
+    with Butler.open(empty_butler.root) as again:
+        assert again.registry.query_collections() == []

@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -194,6 +195,19 @@ def _add_core_tables(md: MetaData, universe: DimensionUniverse) -> None:
         Column("file_size", BigInteger, nullable=False),
         Column("checksum", String(160), nullable=False),
         Column("locator", String(64), nullable=True),
+    )
+    # Exactly-once effect under at-least-once delivery: each consumed message is recorded in
+    # the same transaction as its effect, with the messages it produced, so a redelivered
+    # message is not applied again and its outputs can be sent again unchanged.
+    Table(
+        "bus_processed",
+        md,
+        Column("consumer_group", String(128), primary_key=True),
+        Column("topic", String(128), primary_key=True),
+        Column("partition", Integer, primary_key=True),
+        Column("offset", BigInteger, primary_key=True),
+        Column("processed_at", BigInteger, nullable=False),
+        Column("outputs", LargeBinary, nullable=False),
     )
     Table(
         "record_audit",

@@ -4,6 +4,7 @@ Revision ID: 0001
 Revises:
 """
 
+import sqlalchemy as sa
 from alembic import op
 
 from services.core.dimensions import default_universe
@@ -15,6 +16,8 @@ branch_labels = None
 depends_on = None
 
 UNIVERSE_VERSION = 1
+# Tables that later revisions add; the initial schema is everything else.
+ADDED_LATER = {"bus_processed"}
 
 
 def upgrade() -> None:
@@ -24,8 +27,14 @@ def upgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
         op.execute("CREATE EXTENSION IF NOT EXISTS btree_gist")
-    build_metadata(universe).create_all(bind)
+    metadata = build_metadata(universe)
+    metadata.create_all(bind, tables=_initial_tables(metadata))
 
 
 def downgrade() -> None:
-    build_metadata(default_universe()).drop_all(op.get_bind())
+    metadata = build_metadata(default_universe())
+    metadata.drop_all(op.get_bind(), tables=_initial_tables(metadata))
+
+
+def _initial_tables(metadata: sa.MetaData) -> list[sa.Table]:
+    return [t for t in metadata.sorted_tables if t.name not in ADDED_LATER]
