@@ -9,13 +9,24 @@ from __future__ import annotations
 
 import getpass
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .core.config import RepoConfig, read_config, write_config
-from .core.errors import DatasetNotFoundError
+from sqlalchemy.engine import Connection
+
+from .core.config import (
+    CONFIG_NAME,
+    SQLITE_NAME,
+    RepoConfig,
+    check_new_repo,
+    read_config,
+    write_config,
+)
+from .core.dimensions import DataId
+from .core.errors import DatasetNotFoundError, ObsbusError, UnregisteredDataIdError
 from .core.timespan import Timespan
 from .datastore.datastore import FileDatastore, StoredFile
 from .registry.datasets import DatasetRef, DatasetType, IdGenerationMode, InsertOutcome
@@ -27,6 +38,28 @@ def default_actor() -> str:
         return f"library:{getpass.getuser()}"
     except OSError:  # no user name in some containers
         return "library"
+
+
+@contextmanager
+def _removed_on_failure(paths: Sequence[Path], unless: Path) -> Iterator[None]:
+    """If the block fails, remove those of ``paths`` it made (folders only if left empty).
+
+    ``paths`` lists folders before what they hold; paths that already existed are left alone,
+    and so is everything if ``unless`` exists by then (a concurrent create made the repo).
+    """
+    made = [p for p in paths if not p.exists() and not p.is_symlink()]
+    try:
+        yield
+    except BaseException:
+        if unless.exists():
+            raise
+        for path in reversed(made):
+            with suppress(OSError):
+                if path.is_dir() and not path.is_symlink():
+                    path.rmdir()
+                else:
+                    path.unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True)
@@ -54,13 +87,32 @@ class Butler:
         db_namespace: str | None = None,
         actor: str | None = None,
     ) -> Butler:
+        """Make a new repository: the registry first, then the datastore folder, and
+        ``obsbus.yaml`` last, since that file is what makes the folder a repository.
+
+        If any step fails, what this call made on disk is removed again, so a retry starts
+        clean (on PostgreSQL the schema is made in one transaction, rolled back on failure).
+        """
         root = Path(root).resolve()
         config = RepoConfig(db=db, db_namespace=db_namespace)
-        write_config(root, config)
-        registry = Registry.create(
-            config.db_url(root), config.namespace(), actor or default_actor()
-        )
-        config.datastore_root(root).mkdir(parents=True, exist_ok=True)
+        check_new_repo(root)
+        sqlite = root / SQLITE_NAME
+        ours = [
+            *reversed([p for p in (root, *root.parents) if not p.exists()]),  # outermost first
+            *(sqlite.with_name(sqlite.name + end) for end in ("", "-wal", "-shm", "-journal")),
+            config.datastore_root(root),
+        ]
+        with _removed_on_failure(ours, unless=root / CONFIG_NAME):
+            root.mkdir(parents=True, exist_ok=True)
+            registry = Registry.create(
+                config.db_url(root), config.namespace(), actor or default_actor()
+            )
+            try:
+                config.datastore_root(root).mkdir(parents=True, exist_ok=True)
+                write_config(root, config)
+            except BaseException:
+                registry.close()
+                raise
         return cls(root, config, registry)
 
     @classmethod
@@ -85,9 +137,12 @@ class Butler:
         """Register datasets and bring their files in, all or nothing.
 
         A dataset already present (same id) is left as it is and its file is not transferred
-        again, so repeating an ingest with deterministic ids is a no-op.
+        again, so repeating an ingest with deterministic ids is a no-op. A data ID value
+        without its dimension record is an `UnregisteredDataIdError` whose ``index`` is the
+        position of the file in ``files``.
         """
-        with self.datastore.transaction() as files_txn, self.registry.transaction():
+        with self.datastore.transaction() as files_txn, self.registry.transaction() as conn:
+            self._check_registered(conn, [f.ref.data_id for f in files])
             outcomes = self.registry.insert_datasets([f.ref for f in files])
             stored = [
                 files_txn.ingest(
@@ -105,6 +160,27 @@ class Butler:
             ]
             self.registry.store_files(stored)
         return outcomes
+
+    def _check_registered(self, conn: Connection, data_ids: Sequence[DataId]) -> None:
+        """Refuse the first data ID with a value that has no dimension record, naming its
+        position (``Registry.insert_datasets`` checks too, but cannot say which one it was)."""
+        universe, records = self.registry.universe, self.registry.records
+        for dim in universe.closure(d for data_id in data_ids for d in data_id):
+            element = universe[dim]
+            assert element.key is not None
+            keys = {
+                i: {**{d: data_id[d] for d in element.requires}, element.key.name: data_id[dim]}
+                for i, data_id in enumerate(data_ids)
+                if dim in data_id
+            }
+            found = records.fetch_many(conn, dim, list(keys.values()))
+            for i, key in keys.items():
+                if tuple(key[c] for c in element.key_columns) not in found:
+                    raise UnregisteredDataIdError(
+                        f"data ID value {dim}={key[element.key.name]!r} is not registered "
+                        f"(no {dim} record for {key}); register it first",
+                        index=i,
+                    )
 
     def put(
         self,
@@ -147,9 +223,22 @@ class Butler:
         if match is None:
             where = " at " + str(timespan) if timespan is not None else ""
             raise DatasetNotFoundError(
-                f"no {parent} for {dict(data_id)} in {', '.join(collections)}{where}"
+                f"no {parent} for {self._typed(data_id)} in {', '.join(collections)}{where}"
             )
         return match
+
+    def _typed(self, data_id: Mapping[str, Any]) -> dict[str, Any]:
+        """Data ID values as the registry holds them (``detector=3`` from the CLI is 3, not
+        '3'), for messages; a value that is not a dimension's, or does not convert, stays."""
+        out = dict(data_id)
+        for name, value in data_id.items():
+            try:
+                key = self.registry.universe[name].key
+                if key is not None:
+                    out[name] = key.coerce(value, name)
+            except ObsbusError:
+                pass
+        return out
 
     def stored_file(self, ref: DatasetRef | uuid.UUID) -> StoredFile:
         return self.registry.stored_file(ref.id if isinstance(ref, DatasetRef) else ref)

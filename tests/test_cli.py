@@ -270,40 +270,30 @@ def test_newer_schema_is_refused(tmp_path: Path, cli: Cli) -> None:
     assert "newer obsbus" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `migrate` on a registry written by a newer obsbus crashes with an internal "
-    "error (alembic CommandError, exit 2) instead of the one-line SchemaVersionError",
-)
 def test_migrate_refuses_a_newer_schema_cleanly(tmp_path: Path, cli: Cli) -> None:
     path = tmp_path / "repo"
     cli("create", path)
     with sqlite3.connect(path / "registry.sqlite3") as conn:
         conn.execute("UPDATE alembic_version SET version_num = '9999'")
-    assert "newer obsbus" in cli.fails("migrate", path)
+    message = cli.fails("migrate", path)
+    assert "has registry schema 9999, unknown to this obsbus" in message
+    assert "newer obsbus" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a `create` that fails on the database still writes obsbus.yaml, so the "
-    "repository folder is left half-made and a retry says 'already an obsbus repository'",
-)
 def test_failed_create_leaves_nothing_behind(tmp_path: Path, cli: Cli) -> None:
     path = tmp_path / "repo"
     assert "unsupported database 'nosuch'" in cli.fails("create", path, "--db", "nosuch://x")
-    assert not (path / "obsbus.yaml").exists()
+    assert not path.exists()  # not even the folder the failed create made
     cli("create", path)
+    cli("query-collections", path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `create --db` with an unreachable PostgreSQL server is an internal error "
-    "(raw sqlalchemy OperationalError, exit 2, several stderr lines), not a one-line error",
-)
 def test_create_with_unreachable_database_is_a_clean_error(tmp_path: Path, cli: Cli) -> None:
     url = "postgresql+psycopg://obsbus@127.0.0.1:1/obsbus"  # port 1: connection refused
     message = cli.fails("create", tmp_path / "repo", "--db", url, "--db-namespace", "t_x")
-    assert "127.0.0.1" in message
+    assert message.startswith("cannot connect to the registry database at obsbus@127.0.0.1:1/")
+    assert "check that the server is running" in message
+    assert not (tmp_path / "repo").exists()
 
 
 # --- register-instrument and register-dataset-type --------------------------------------------
@@ -353,16 +343,14 @@ def test_register_instrument_conflict_then_update(repo: Path, cli: Cli) -> None:
     assert instrument["class_name"] == CAM_CHANGED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BAD MESSAGE: `register-instrument --update --reason` that changes records prints "
-    "'already registered, unchanged' (it counts only inserted records)",
-)
 @SQLITE_ONLY
 def test_register_instrument_update_reports_the_change(repo: Path, cli: Cli) -> None:
     cli("register-instrument", repo, CAM)
     out = cli("register-instrument", repo, CAM_CHANGED, "--update", "--reason", "refit").out
-    assert "unchanged" not in out
+    # instrument.class_name, detector 3's and its physical detector's purpose
+    assert out == "DummyCam: 3 updated records\n"
+    again = cli("register-instrument", repo, CAM_CHANGED, "--update", "--reason", "refit").out
+    assert again == "DummyCam: already registered, unchanged\n"
 
 
 def test_register_dataset_types_and_query_them(repo: Path, cli: Cli) -> None:
@@ -418,7 +406,16 @@ def test_ingest_csv_with_shared_data_id(cam_repo: Path, cli: Cli, tmp_path: Path
         (str(tmp_path / "in" / "bias_0.yaml"), "DummyCam", 0, "inserted"),
         (str(tmp_path / "in" / "bias_2.yaml"), "DummyCam", 2, "inserted"),
     ]
-    assert set(rows[0]) == {"file", "instrument", "detector", "dataset_id", "outcome"}
+    assert list(rows[0]) == [
+        "file",
+        "dataset_type",
+        "instrument",
+        "detector",
+        "run",
+        "dataset_id",
+        "outcome",
+    ]
+    assert {(r["dataset_type"], r["run"]) for r in rows} == {("bias", RUN1)}
     ids = [str(uuid.UUID(r["dataset_id"])) for r in rows]
 
     found = cli("query-datasets", cam_repo, "bias", "--collections", RUN1, "--json").rows()
@@ -447,7 +444,15 @@ def test_ingest_csv_with_shared_data_id(cam_repo: Path, cli: Cli, tmp_path: Path
 
     plain = cli("ingest-files", cam_repo, "bias", RUN2, table, "--data-id", INSTR).out
     lines = plain.splitlines()
-    assert lines[0].split() == ["file", "instrument", "detector", "dataset_id", "outcome"]
+    assert lines[0].split() == [
+        "file",
+        "dataset_type",
+        "instrument",
+        "detector",
+        "run",
+        "dataset_id",
+        "outcome",
+    ]
     assert set(lines[1]) <= {"-", " "}
     assert [line.split()[-1] for line in lines[2:]] == ["inserted", "inserted"]
 
@@ -555,18 +560,13 @@ def test_ingest_unregistered_data_id_ingests_nothing(
     assert datastore_files(cam_repo) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BAD MESSAGE: an ingest row whose data ID is not registered is not named in the "
-    "error (no table, no row number), unlike rows with malformed values",
-)
 @SQLITE_ONLY
 def test_ingest_unregistered_data_id_names_the_row(
     cam_repo: Path, cli: Cli, tmp_path: Path
 ) -> None:
     table = bias_table(tmp_path / "in", {0: 100, 9: 109})
     message = cli.fails("ingest-files", cam_repo, "bias", RUN1, table, "--data-id", INSTR)
-    assert "row 2" in message
+    assert message.startswith(f"{table} row 2: data ID value detector=9 is not registered")
 
 
 def test_ingest_missing_file_rolls_back_moves(cam_repo: Path, cli: Cli, tmp_path: Path) -> None:
@@ -741,12 +741,6 @@ def test_certify_refusals(biases: Repo, cli: Cli, tmp_path: Path) -> None:
     assert collections(cli, repo)[RUN2]["type"] == "RUN"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a refused certify-calibrations (here: a dataset type that is not a "
-    "calibration) still creates the CALIBRATION collection: cmd_certify commits "
-    "register_collection before certify runs, outside its transaction",
-)
 @SQLITE_ONLY
 def test_refused_certify_creates_no_collection(cam_repo: Path, cli: Cli, tmp_path: Path) -> None:
     cli("register-dataset-type", cam_repo, "note", "StructuredDataDict", "instrument", "detector")
@@ -920,11 +914,6 @@ def test_find_calibration_pairs_in_bulk(flats: Repo, cli: Cli, tmp_path: Path) -
     assert "bulk calibration lookups search CALIBRATION collections only" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `find-calibration --pairs` with exposure rows but no instrument crashes "
-    "with an internal error (KeyError: 'instrument', exit 2) instead of a one-line error",
-)
 @SQLITE_ONLY
 def test_find_calibration_pairs_without_instrument(flats: Repo, cli: Cli, tmp_path: Path) -> None:
     pairs = tmp_path / "pairs.csv"
@@ -932,7 +921,20 @@ def test_find_calibration_pairs_without_instrument(flats: Repo, cli: Cli, tmp_pa
     message = cli.fails(
         "find-calibration", flats.path, "flat", "--collections", CALIB, "--pairs", pairs
     )
-    assert "instrument" in message
+    assert message.startswith(f"{pairs} row 1: an exposure lookup needs an instrument")
+    pairs.write_text("exposure,detector\n100,1\nlast,1\n")
+    message = cli.fails(
+        "find-calibration",
+        flats.path,
+        "flat",
+        "--collections",
+        CALIB,
+        "--pairs",
+        pairs,
+        "--data-id",
+        INSTR,
+    )
+    assert message == f"{pairs} row 2: exposure must be an integer, got 'last'"
 
 
 # --- collection-chain and freeze-collection ---------------------------------------------------
@@ -1086,18 +1088,17 @@ def test_query_datasets_where(biases: Repo, cli: Cli) -> None:
     assert message == "detector has no field 'colour'"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BAD MESSAGE: comparing an integer dimension with a string in --where is "
-    "'the registry database refused the operation (UndefinedFunction: ...)' on PostgreSQL "
-    "and silently matches nothing on SQLite; it should be a one-line ExpressionError",
-)
 def test_query_datasets_where_type_mismatch(biases: Repo, cli: Cli) -> None:
     message = cli.fails(
         "query-datasets", biases.path, "bias", "--collections", RUN1, "--where", "detector = 'x'"
     )
-    assert "detector" in message
-    assert "database refused" not in message
+    assert message == (
+        "bad --where expression at column 12: detector is an integer, not the string 'x'"
+    )
+    message = cli.fails(
+        "query-dimension-records", biases.path, "detector", "--where", "purpose IN ('guider', 3)"
+    )
+    assert message.endswith("purpose is a string, not the integer 3")
 
 
 def test_query_datasets_find_first(biases: Repo, cli: Cli) -> None:
@@ -1219,25 +1220,27 @@ def test_get_uri_output_printed_and_json(biases: Repo, cli: Cli, tmp_path: Path)
 
     message = cli.fails("get", repo, "bias", "--collections", RUN1, *det(3))
     assert message.startswith("no bias for ")
-    assert "'detector'" in message and message.endswith(f" in {RUN1}")
+    assert "'detector': 3" in message and message.endswith(f" in {RUN1}")  # typed, not '3'
     message = cli.fails("get", repo, "bias.nope", *where)
     assert message == "YamlFormatter has no component 'nope' (supported: none)"
     message = cli.fails("get", repo, "bias", "--collections", RUN1, "--data-id", INSTR)
     assert "lacks detector" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `get --output` into a folder that does not exist is an internal error "
-    "(FileNotFoundError, exit 2) instead of a one-line error",
-)
 @SQLITE_ONLY
 def test_get_output_into_a_missing_folder(biases: Repo, cli: Cli, tmp_path: Path) -> None:
     target = tmp_path / "no" / "such" / "folder" / "copy.yaml"
     message = cli.fails(
         "get", biases.path, "bias", "--collections", RUN1, "--output", target, *det(1)
     )
-    assert str(target.parent) in message
+    assert message == (
+        f"cannot write {target}: the folder {target.parent} does not exist; create it first"
+    )
+    assert not (tmp_path / "no").exists()
+    message = cli.fails(
+        "get", biases.path, "bias", "--collections", RUN1, "--output", tmp_path, *det(1)
+    )
+    assert message.startswith(f"--output {tmp_path} is a folder")
 
 
 def test_get_a_table_dataset(cam_repo: Path, cli: Cli, tmp_path: Path) -> None:
@@ -1407,14 +1410,17 @@ def test_debug_adds_the_traceback(tmp_path: Path, cli: Cli) -> None:
     assert last.startswith(ERROR_PREFIX) and "is not an obsbus repository" in last
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `obsbus --debug COMMAND` (the top-level option, as `obsbus --help` shows it) "
-    "is silently reset by the subcommand parser's default, so no traceback is printed",
-)
 def test_debug_before_the_command(tmp_path: Path, cli: Cli) -> None:
     result = cli.run("--debug", "query-collections", tmp_path / "nowhere")
-    assert "Traceback" in result.err
+    assert result.code == 1
+    assert result.err.startswith("Traceback (most recent call last):")
+    # The nested `simcam generate`, with --debug before or after it; and without it.
+    bad = ("simcam", "generate", tmp_path / "out", "--exposures", "0")
+    for argv in (("--debug", *bad), (*bad, "--debug")):
+        result = cli.run(*argv)
+        assert result.code == 1, result.describe()
+        assert result.err.startswith("Traceback (most recent call last):"), result.describe()
+    assert cli.fails(*bad).startswith("--exposures must be between 1 and 99999")
 
 
 def test_help_lists_every_command(cli: Cli) -> None:

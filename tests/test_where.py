@@ -432,5 +432,62 @@ def test_integer_lists_are_inlined_and_strings_bound() -> None:
 
 def test_comparison_binds_literal_with_column_type() -> None:
     # The literal-on-the-left form is flipped so the column drives the bound type.
-    clause = to_sql(parse("'2' < detector"), resolve)
+    clause = to_sql(parse("2 < detector"), resolve)
     assert str(clause) == "obs.detector > :detector_1"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("detector = 'x'", "column 12: detector is an integer, not the string 'x'"),
+        ("'2' < detector", "column 1: detector is an integer, not the string '2'"),
+        ("exposure IN (1, '2')", "column 17: exposure is an integer, not the string '2'"),
+        ("detector = TRUE", "column 12: detector is an integer, not TRUE"),
+        ("exposure.exposure_time > 'long'", "exposure_time is a number, not the string 'long'"),
+        ("band = 1", "column 8: band is a string, not the integer 1"),
+        ("band IN ('g', 2.5)", "column 15: band is a string, not the number 2.5"),
+        ("band NOT IN (1..3)", "column 14: band is a string, not the integer 1"),
+        ("exposure.can_see_sky = 1", "exposure.can_see_sky is a boolean (TRUE or FALSE), not"),
+        ("exposure.can_see_sky = 'yes'", "can_see_sky is a boolean (TRUE or FALSE), not the st"),
+        ("detector = 12 AND (band = 'r' OR day_obs = '2024')", "day_obs is an integer, not"),
+    ],
+)
+def test_literal_of_the_wrong_type_is_refused(text: str, message: str) -> None:
+    # Caught before SQL: PostgreSQL would fail on the database, SQLite silently match nothing.
+    with pytest.raises(ExpressionError) as err:
+        to_sql(parse(text), resolve)
+    assert str(err.value).startswith("bad --where expression at column ")
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "detector = 12",
+        "exposure.exposure_time > 30",  # an integer is a number
+        "day_obs > 2.024e7",  # and an integer column may be compared with a float
+        "band = 'r' AND note = NULL AND detector != NULL",  # NULL fits any column
+        "exposure.can_see_sky = FALSE",
+        "'x' = 'y' AND 1 != 2",  # literals only, no column to check against
+        "exposure.exposure_time >= detector",  # columns only
+        "exposure IN (1..3, 5)",
+    ],
+)
+def test_literal_of_a_fitting_type_is_accepted(text: str) -> None:
+    to_sql(parse(text), resolve)
+
+
+class _Opaque(sa.types.UserDefinedType[Any]):
+    """A column type that does not say which Python type its values have."""
+
+    cache_ok = True
+
+    @property
+    def python_type(self) -> type[Any]:
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize("column_type", [_Opaque(), sa.types.NullType(), sa.types.Uuid()])
+def test_columns_of_other_types_are_not_checked(column_type: sa.types.TypeEngine[Any]) -> None:
+    column = sa.column("anything", column_type)
+    to_sql(parse("anything = 'x' AND anything IN (1, 'y', 2.5, TRUE)"), lambda name: column)

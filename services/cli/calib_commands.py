@@ -70,7 +70,8 @@ def add_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
 
 def cmd_certify(args: argparse.Namespace) -> int:
     timespan = Timespan.from_times(args.begin_date, args.end_date)
-    with Butler.open(args.repo, actor=args.actor) as butler:
+    # One transaction: a refused certify must not leave the new collection behind.
+    with Butler.open(args.repo, actor=args.actor) as butler, butler.registry.transaction():
         registry = butler.registry
         registry.get_collection(args.input_run)
         refs = [ref for ref, _ in registry.query_datasets(args.dataset_type, [args.input_run])]

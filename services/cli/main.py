@@ -21,12 +21,17 @@ PROG = "obsbus"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Observatory data management: registry, datastore and calibrations.",
-        parents=[common],
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    # Every (leaf) subcommand takes --debug too, so it may come before or after the command.
+    # Its default is SUPPRESS: a subcommand's parser copies every attribute it has onto the
+    # result, so any real default there would reset a top-level `obsbus --debug COMMAND`.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (repo_commands, ingest_commands, query_commands, calib_commands, simcam_cli):

@@ -161,11 +161,26 @@ def cmd_get(args: argparse.Namespace) -> int:
         if args.uri:
             print(butler.uri(match.ref))
         elif args.output:
-            shutil.copyfile(butler.datastore.local_path(butler.stored_file(match.ref)), args.output)
+            _copy_out(butler.datastore.local_path(butler.stored_file(match.ref)), args.output)
             print(f"wrote {args.output}")
         else:
             _print_object(butler.get(match.ref, component or None), args.json)
     return 0
+
+
+def _copy_out(source: Path, target: Path) -> None:
+    """Copy a stored file to ``--output``; the folder must exist (like ``cp``, so a mistyped
+    path is an error rather than a new tree of folders)."""
+    if target.is_dir():
+        raise InputError(f"--output {target} is a folder; give the path of the file to write")
+    if not target.parent.is_dir():
+        raise InputError(
+            f"cannot write {target}: the folder {target.parent} does not exist; create it first"
+        )
+    try:
+        shutil.copyfile(source, target)
+    except OSError as err:
+        raise InputError(f"cannot copy {source} to {target}: {err.strerror or err}") from err
 
 
 def _print_object(obj: Any, as_json: bool) -> None:
@@ -218,6 +233,16 @@ def _find_many(
     if any("exposure" not in d and "time" not in d for d in lookups):
         raise InputError(f"{args.pairs}: every row needs an exposure or a time column")
     with_exposure = [i for i, d in enumerate(lookups) if "exposure" in d]
+    exposure_id = registry.universe["exposure"].key
+    assert exposure_id is not None
+    for i in with_exposure:
+        where = f"{args.pairs} row {i + 1}"
+        if lookups[i].get("instrument") is None:
+            raise DataIdError(
+                f"{where}: an exposure lookup needs an instrument; add an instrument column "
+                "or --data-id instrument=NAME"
+            )
+        lookups[i]["exposure"] = exposure_id.coerce(lookups[i]["exposure"], f"{where}: exposure")
     queries: list[tuple[dict[str, Any], Timespan]] = [
         (d, Timespan(0, 1) if "exposure" in d else Timespan.at(str(d["time"]))) for d in lookups
     ]  # exposure rows get their real timespan just below

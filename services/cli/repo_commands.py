@@ -8,7 +8,7 @@ from typing import Any
 
 from ..butler import Butler, FileToIngest
 from ..core.dimensions import parse_data_id_args
-from ..core.errors import InputError, ObsbusError
+from ..core.errors import InputError, ObsbusError, UnregisteredDataIdError
 from ..datastore.datastore import TRANSFER_MODES
 from ..instruments import load_instrument
 from ..registry.datasets import DatasetType, IdGenerationMode
@@ -93,9 +93,11 @@ def cmd_register_instrument(args: argparse.Namespace) -> int:
     with Butler.open(args.repo, actor=args.actor) as butler:
         for instrument in instruments:
             counts = instrument.register(butler.registry, update=args.update, reason=args.reason)
-            new = sum(counts.values())
-            state = f"{new} new records" if new else "already registered, unchanged"
-            print(f"{instrument.name}: {state}")
+            new, updated = sum(counts.values()), sum(counts.updated.values())
+            changes = [f"{new} new records"] if new else []
+            if updated:
+                changes.append(f"{updated} updated records")
+            print(f"{instrument.name}: {', '.join(changes) or 'already registered, unchanged'}")
     return 0
 
 
@@ -158,12 +160,19 @@ def cmd_ingest_files(args: argparse.Namespace) -> int:
             except ObsbusError as err:
                 raise InputError(f"{args.table} row {n}: {err}") from err
             files.append(FileToIngest(file, ref))
-        outcomes = butler.ingest(files, transfer=args.transfer)
+        try:
+            outcomes = butler.ingest(files, transfer=args.transfer)
+        except UnregisteredDataIdError as err:
+            if err.index is None:
+                raise
+            raise InputError(f"{args.table} row {err.index + 1}: {err}") from err
         emit(
             [
                 {
                     "file": str(f.path),
+                    "dataset_type": f.ref.dataset_type.name,
                     **dict(f.ref.data_id),
+                    "run": f.ref.run,
                     "dataset_id": str(f.ref.id),
                     "outcome": outcome,
                 }

@@ -41,12 +41,25 @@ class RepoConfig(BaseModel):
         return (root / self.datastore).resolve()
 
 
+def check_new_repo(root: Path) -> None:
+    """Refuse to make a repository where one already is."""
+    if (root / CONFIG_NAME).exists():
+        raise _exists(root)
+
+
 def write_config(root: Path, config: RepoConfig) -> None:
-    path = root / CONFIG_NAME
-    if path.exists():
-        raise RepoExistsError(f"{root} is already an obsbus repository ({path} exists)")
+    """Write ``obsbus.yaml``, never over an existing one (the file makes the folder a repo)."""
     root.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config.model_dump(exclude_defaults=True), sort_keys=False))
+    text = yaml.safe_dump(config.model_dump(exclude_defaults=True), sort_keys=False)
+    try:
+        with (root / CONFIG_NAME).open("x") as f:  # exclusive: of two concurrent creates, one wins
+            f.write(text)
+    except FileExistsError:
+        raise _exists(root) from None
+
+
+def _exists(root: Path) -> RepoExistsError:
+    return RepoExistsError(f"{root} is already an obsbus repository ({root / CONFIG_NAME} exists)")
 
 
 def read_config(root: Path) -> RepoConfig:

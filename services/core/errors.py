@@ -287,3 +287,36 @@ class UnknownDetectorError(RawFileError):
 
 class InstrumentNotRegisteredError(RawFileError):
     code = "instrument_not_registered"
+
+
+# --- the bus ------------------------------------------------------------------------------------
+
+
+class BusError(ObsbusError):
+    """Kafka could not be reached or refused something."""
+
+    code = "bus"
+
+
+class UndecodableMessageError(BusError):
+    """A message's bytes are not a single-object encoded Avro record obsbus knows."""
+
+    code = "undecodable"
+
+
+class UnencodableMessageError(BusError):
+    """A value does not fit its message schema (names the record and the field)."""
+
+    code = "unencodable"
+
+
+class UnknownSchemaError(BusError):
+    """No message schema has that record name, version or fingerprint."""
+
+    code = "unknown_schema"
+
+
+class SchemaFileError(BusError):
+    """A schema file in the ``schemas`` package is malformed or misnamed."""
+
+    code = "bad_schema_file"

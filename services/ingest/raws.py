@@ -210,7 +210,6 @@ class RawIngester:
         self.transfer = transfer
         self.run = run
         self._applier = IngestApplier(butler.registry)
-        butler.registry.register_dataset_type(RAW)
 
     def ingest(self, paths: Iterable[Path], fail_fast: bool = False) -> Iterator[IngestOutcome]:
         """Ingest each file, yielding outcomes as they are known (in the order given).

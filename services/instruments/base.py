@@ -44,6 +44,16 @@ class DetectorDef:
     purpose: Purpose = "science"
 
 
+class RegisterCounts(dict[str, int]):
+    """What ``Instrument.register`` wrote: new records per element (the mapping itself, so
+    ``sum(counts.values())`` is how many are new), and changed ones per element in
+    ``updated`` (only ``update=True`` changes records)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.updated: dict[str, int] = {}
+
+
 class Instrument:
     """Subclass and fill in the class attributes; everything else is derived from them."""
 
@@ -132,22 +142,25 @@ class Instrument:
     @classmethod
     def register(
         cls, registry: Registry, *, update: bool = False, reason: str | None = None
-    ) -> dict[str, int]:
-        """Write the records; returns how many were new per element (all zero on a repeat)."""
+    ) -> RegisterCounts:
+        """Write the records; returns how many were new and changed per element (all zero
+        on a repeat)."""
         if update and not reason:
             raise InstrumentError(f"updating instrument {cls.name} needs a reason")
-        inserted: dict[str, int] = {}
+        counts = RegisterCounts()
         with registry.transaction():
             for element, records in cls.records().items():
                 if update:
-                    inserted[element] = cls._sync_or_update(registry, element, records, reason)
+                    counts[element], counts.updated[element] = cls._sync_or_update(
+                        registry, element, records, reason
+                    )
                     continue
                 results = registry.sync_dimension_records(element, records)
-                inserted[element] = results.count("inserted")
+                counts[element], counts.updated[element] = results.count("inserted"), 0
             for det in cls.detectors:
                 if det.serial is not None:
                     cls._install_initial(registry, det.id, det.serial)
-        return inserted
+        return counts
 
     @classmethod
     def _install_initial(cls, registry: Registry, detector: int, serial: str) -> None:
@@ -164,11 +177,13 @@ class Instrument:
     @staticmethod
     def _sync_or_update(
         registry: Registry, element: str, records: list[dict[str, Any]], reason: str | None
-    ) -> int:
-        count = 0
+    ) -> tuple[int, int]:
+        """(inserted, updated) records."""
+        inserted = updated = 0
         for record in records:
             try:
-                count += registry.sync_dimension_record(element, record) == "inserted"
+                inserted += registry.sync_dimension_record(element, record) == "inserted"
             except RecordConflictError:
-                registry.update_dimension_record(element, record, reason=reason or "")
-        return count
+                diffs = registry.update_dimension_record(element, record, reason=reason or "")
+                updated += bool(diffs)
+        return inserted, updated

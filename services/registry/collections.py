@@ -97,6 +97,10 @@ class CollectionManager:
             )
         return found
 
+    def forget(self) -> None:
+        """Drop cached collections (called when a transaction rolls back)."""
+        self._resolved.clear()
+
     def resolve(self, conn: Connection, name: str) -> Collection:
         """Like ``get`` for read paths: cached, so its ``frozen_at`` may be out of date."""
         found = self._resolved.get(name)

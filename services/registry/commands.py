@@ -7,6 +7,7 @@ command is idempotent: a replay or a retry of one already applied changes nothin
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -15,7 +16,7 @@ from ..core.errors import FileConflictError, InstrumentNotRegisteredError
 from ..core.timespan import Timespan
 from ..datastore.datastore import StoredFile
 from .collections import CollectionType
-from .datasets import DatasetRef
+from .datasets import DatasetRef, DatasetType
 from .registry import Registry
 
 Record = dict[str, Any]
@@ -52,6 +53,7 @@ class Certify:
     collection: str
     dataset_ids: tuple[str, ...]
     timespan: Timespan
+    request_id: str | None = None  # the blessing request it carries out, if any
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Decertify:
     dataset_type: str
     timespan: Timespan
     data_ids: tuple[Mapping[str, Any], ...] | None = None
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,14 @@ class IngestApplier:
         self.registry = registry
         self._synced: dict[tuple[str, str], Record] = {}
         self._instruments: set[str] = set()
+        self._dataset_types: set[DatasetType] = set()
+        registry.db.on_rollback(self._forget)
+
+    def _forget(self) -> None:
+        # What this applier learnt inside a failed transaction may not be in the database.
+        self._instruments.clear()
+        self._dataset_types.clear()
+        self._synced.clear()
 
     def new_batch(self) -> None:
         self._synced.clear()
@@ -98,6 +109,10 @@ class IngestApplier:
     def apply(self, cmd: IngestRaw) -> IngestResult:
         registry = self.registry
         self._check_registered(cmd.instrument)
+        for ref in cmd.datasets:
+            if ref.dataset_type not in self._dataset_types:  # e.g. "raw", on first use
+                registry.register_dataset_type(ref.dataset_type)
+                self._dataset_types.add(ref.dataset_type)
         result = IngestResult("ingested")
         for element, record in cmd.records:
             key = (element, repr(sorted((k, record[k]) for k in _key_columns(registry, element))))
@@ -165,10 +180,9 @@ def _key_columns(registry: Registry, element: str) -> Sequence[str]:
 def apply_command(registry: Registry, cmd: Certify | Decertify | SetChain) -> int:
     """Apply a calibration or chain command; returns how many rows it changed."""
     if isinstance(cmd, Certify):
-        import uuid
-
         refs = [registry.get_dataset(uuid.UUID(i)) for i in cmd.dataset_ids]
-        registry.get_collection(cmd.collection)  # must exist (blessing checks its type)
+        # Blessing into a new collection creates it, in the same transaction as the certify.
+        registry.register_collection(cmd.collection, CollectionType.CALIBRATION)
         return registry.certify(cmd.collection, refs, cmd.timespan)
     if isinstance(cmd, Decertify):
         data_ids = None if cmd.data_ids is None else list(cmd.data_ids)

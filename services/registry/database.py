@@ -8,7 +8,7 @@ Driver errors never reach users raw: they become ``DatabaseError`` with one line
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -70,6 +70,15 @@ class Database:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._local = threading.local()
+        self._rollback_hooks: list[Callable[[], None]] = []
+
+    def on_rollback(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` whenever a transaction is rolled back.
+
+        Caches of what the database holds (dataset type ids, collections) register their
+        ``clear`` here: an entry learnt inside a transaction that then failed is not true.
+        """
+        self._rollback_hooks.append(hook)
 
     @property
     def dialect(self) -> str:
@@ -88,8 +97,12 @@ class Database:
             try:
                 with conn.begin():
                     yield conn
-            except sqlalchemy.exc.DBAPIError as err:
-                raise DatabaseError(_one_line(err)) from err
+            except BaseException as err:
+                for hook in self._rollback_hooks:
+                    hook()
+                if isinstance(err, sqlalchemy.exc.DBAPIError):
+                    raise DatabaseError(_one_line(err)) from err
+                raise
             finally:
                 self._local.conn = None
 

@@ -76,6 +76,10 @@ class DatasetManager:
         # Dataset types never change once registered, so caching them is always correct.
         self._type_cache: dict[str, tuple[int, DatasetType]] = {}
 
+    def forget(self) -> None:
+        """Drop cached dataset types (called when a transaction rolls back)."""
+        self._type_cache.clear()
+
     # --- dataset types ------------------------------------------------------------------------
 
     def register_type(self, conn: Connection, dataset_type: DatasetType) -> bool:

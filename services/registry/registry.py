@@ -65,6 +65,8 @@ class Registry:
         self.collections = CollectionManager(tables)
         self.datasets = DatasetManager(universe, tables)
         self.calibs = CalibrationManager(tables)
+        db.on_rollback(self.datasets.forget)
+        db.on_rollback(self.collections.forget)
 
     @classmethod
     def create(cls, url: str, namespace: str | None = None, actor: str = "obsbus") -> Registry:

@@ -29,7 +29,24 @@ def current_revision(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
 
 
-def upgrade(conn: Connection) -> None:
+def _known_revisions() -> set[str]:
+    return {s.revision for s in ScriptDirectory.from_config(_config()).walk_revisions()}
+
+
+def _newer(where: str, current: str, head: str) -> SchemaVersionError:
+    return SchemaVersionError(
+        f"{where} has registry schema {current}, unknown to this obsbus ({head}): "
+        "it was written by a newer obsbus; upgrade obsbus"
+    )
+
+
+def upgrade(conn: Connection, where: str | None = None) -> None:
+    """Bring the schema up to date; refuse (as `check` does) one from a newer obsbus."""
+    current = current_revision(conn)
+    if current is not None and current not in _known_revisions():
+        if where is None:
+            where = f"registry {conn.engine.url.render_as_string(hide_password=True)}"
+        raise _newer(where, current, head_revision())
     command.upgrade(_config(conn), "head")
 
 
@@ -42,13 +59,9 @@ def check(conn: Connection, where: str) -> None:
         raise SchemaVersionError(
             f"{where} has no obsbus registry schema; create it with `obsbus create`"
         )
-    known = {s.revision for s in ScriptDirectory.from_config(_config()).walk_revisions()}
-    if current in known:
+    if current in _known_revisions():
         raise SchemaVersionError(
             f"{where} has registry schema {current}, older than this obsbus ({head}); "
             "upgrade it with `obsbus migrate REPO`"
         )
-    raise SchemaVersionError(
-        f"{where} has registry schema {current}, unknown to this obsbus ({head}): "
-        "it was written by a newer obsbus; upgrade obsbus"
-    )
+    raise _newer(where, current, head)
