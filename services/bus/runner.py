@@ -1,0 +1,207 @@
+"""The one service loop: poll → decode → handle → produce → commit, around plain handlers.
+
+A handler is a function from decoded messages to outgoing messages; it knows nothing of
+Kafka. This loop owns everything else, once, for every service:
+- undecodable bytes go to the dead-letter topic with their origin and the error;
+- a failing batch is retried with bounded exponential backoff, then split message by
+  message so one poison message is dead-lettered and the rest go on;
+- outputs are flushed (acknowledged) before offsets are committed, so nothing is lost:
+  delivery is at least once, and handlers make the effect exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ..core.errors import ObsbusError, UndecodableMessageError
+from ..core.timespan import now_ns
+from . import codec
+from .topics import DEAD_LETTERS
+from .transport import Bus, Consumer, Delivery, TopicPartition
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    delivery: Delivery
+    record: str
+    value: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    key: str | None
+    record: str
+    value: dict[str, Any]
+
+
+Handler = Callable[[Sequence[Incoming]], list[Outgoing]]
+
+
+@dataclass
+class Counters:
+    consumed: int = 0
+    produced: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    retried: int = 0
+    lag: int = 0
+
+
+@dataclass
+class ServiceLoop:
+    name: str
+    bus: Bus
+    group: str
+    topics: Sequence[str]
+    handler: Handler
+    status_file: Path | None = None
+    max_records: int = 500
+    retries: int = 4
+    backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+    counters: Counters = field(default_factory=Counters)
+    _consumer: Consumer | None = None
+
+    @property
+    def consumer(self) -> Consumer:
+        if self._consumer is None:
+            self._consumer = self.bus.consumer(self.group, self.topics)
+        return self._consumer
+
+    def run(self, stop: threading.Event, poll_s: float = 0.5) -> None:
+        log.info("service started", service=self.name, topics=list(self.topics), pid=os.getpid())
+        last_status = 0.0
+        while not stop.is_set():
+            self.step(poll_s)
+            if time.monotonic() - last_status > 1.0:
+                self.write_status()
+                last_status = time.monotonic()
+        self.write_status()
+        self.consumer.close()
+        log.info("service stopped", service=self.name)
+
+    def step(self, poll_s: float = 0.5) -> int:
+        """One poll and everything it brings; returns how many messages were handled."""
+        deliveries = self.consumer.poll(poll_s, self.max_records)
+        if not deliveries:
+            self.counters.lag = self.consumer.lag()
+            return 0
+        incoming: list[Incoming] = []
+        outputs: list[Outgoing] = []
+        for d in deliveries:
+            try:
+                message = codec.decode(d.value)
+            except UndecodableMessageError as err:
+                outputs.append(self._dead_letter(d, err))
+                continue
+            incoming.append(Incoming(d, message.record_name, message.value))
+        outputs.extend(self._handle(incoming))
+        for out in outputs:
+            key = None if out.key is None else out.key.encode()
+            self.bus.send(out.topic, key, codec.encode(out.record, out.value))
+        self.bus.flush()
+        self.consumer.commit(_next_offsets(deliveries))
+        self.counters.consumed += len(deliveries)
+        self.counters.produced += len(outputs)
+        return len(deliveries)
+
+    def _handle(self, batch: list[Incoming]) -> list[Outgoing]:
+        if not batch:
+            return []
+        try:
+            return self._with_retries(batch)
+        except Exception as err:
+            if len(batch) == 1:
+                self.counters.failed += 1
+                return [self._dead_letter(batch[0].delivery, err)]
+        out: list[Outgoing] = []  # isolate the poison message: one at a time
+        for item in batch:
+            out.extend(self._handle([item]))
+        return out
+
+    def _with_retries(self, batch: list[Incoming]) -> list[Outgoing]:
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return self.handler(batch)
+            except Exception as err:
+                first = batch[0].delivery
+                log.warning(
+                    "handler failed",
+                    service=self.name,
+                    attempt=attempt + 1,
+                    topic=first.topic,
+                    partition=first.partition,
+                    offset=first.offset,
+                    messages=len(batch),
+                    error=f"{type(err).__name__}: {err}",
+                )
+                if attempt == self.retries:
+                    raise
+                self.counters.retried += 1
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)
+        raise AssertionError("unreachable")
+
+    def _dead_letter(self, d: Delivery, err: Exception) -> Outgoing:
+        self.counters.dead_lettered += 1
+        code = err.code if isinstance(err, ObsbusError) else "unexpected"
+        log.error(
+            "dead-lettered",
+            service=self.name,
+            topic=d.topic,
+            partition=d.partition,
+            offset=d.offset,
+            key=None if d.key is None else d.key.decode(errors="replace"),
+            error=str(err),
+        )
+        return Outgoing(
+            DEAD_LETTERS.name,
+            None if d.key is None else d.key.decode(errors="replace"),
+            DEAD_LETTERS.record,
+            {
+                "topic": d.topic,
+                "partition": d.partition,
+                "offset": d.offset,
+                "key": d.key,
+                "value": d.value,
+                "error": f"{type(err).__name__}: {err}",
+                "error_code": code,
+                "service": self.name,
+                "failed_at_ns": now_ns(),
+            },
+        )
+
+    def write_status(self) -> None:
+        """Counters for `obsbus status` (a small JSON file the service rewrites each second)."""
+        if self.status_file is None:
+            return
+        status = {
+            "service": self.name,
+            "pid": os.getpid(),
+            "updated_at_ns": now_ns(),
+            **asdict(self.counters),
+        }
+        tmp = self.status_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status))
+        tmp.replace(self.status_file)
+
+
+def _next_offsets(deliveries: Sequence[Delivery]) -> dict[TopicPartition, int]:
+    out: dict[TopicPartition, int] = {}
+    for d in deliveries:
+        tp = (d.topic, d.partition)
+        out[tp] = max(out.get(tp, 0), d.offset + 1)
+    return out

@@ -1,0 +1,287 @@
+"""Moving bytes: a Kafka bus (kafka-python) and an in-memory bus with the same contract.
+
+Services never touch either directly: ``runner.ServiceLoop`` polls, decodes, retries,
+dead-letters and commits around plain handler functions. The in-memory bus lets the same
+contract tests and handler tests run without a broker.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..core.errors import BusError
+
+TopicPartition = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message as a consumer received it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+
+
+class Consumer(Protocol):
+    def poll(self, timeout_s: float, max_records: int) -> list[Delivery]: ...
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Record ``next offset to read`` per partition (after the effects are durable)."""
+
+    def seek(self, tp: TopicPartition, offset: int) -> None: ...
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+    def lag(self) -> int:
+        """Messages not yet consumed on the assigned partitions."""
+
+    def close(self) -> None: ...
+
+
+class Bus(Protocol):
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None: ...
+
+    def flush(self) -> None:
+        """Block until every sent message is acknowledged (or raise BusError)."""
+
+    def consumer(self, group: str, topics: Iterable[str]) -> Consumer: ...
+
+    def end_offsets(self, topic: str) -> dict[int, int]: ...
+
+    def close(self) -> None: ...
+
+
+def partition_for(key: bytes | None, partitions: int, counter: int) -> int:
+    # Same key, same partition (ordering); keyless messages spread round robin.
+    return (zlib.crc32(key) if key is not None else counter) % partitions
+
+
+# --- in memory -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Group:
+    members: list[MemoryConsumer] = field(default_factory=list)
+    committed: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+class MemoryBus:
+    """Topics as lists in memory; consumer groups share partitions like Kafka's do."""
+
+    def __init__(self, partitions: Mapping[str, int]) -> None:
+        self._logs: dict[TopicPartition, list[Delivery]] = {
+            (t, p): [] for t, n in partitions.items() for p in range(n)
+        }
+        self._partitions = dict(partitions)
+        self._groups: dict[str, _Group] = {}
+        self._lock = threading.Condition()
+        self._counter = 0
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        with self._lock:
+            if topic not in self._partitions:
+                raise BusError(f"no topic {topic!r} on the in-memory bus")
+            self._counter += 1
+            p = partition_for(key, self._partitions[topic], self._counter)
+            log = self._logs[(topic, p)]
+            log.append(Delivery(topic, p, len(log), key, value, int(time.time() * 1000)))
+            self._lock.notify_all()
+
+    def flush(self) -> None:
+        return None
+
+    def messages(self, topic: str) -> list[Delivery]:
+        """Everything on a topic, partition by partition (for tests and replays)."""
+        with self._lock:
+            return [d for (t, _), log in sorted(self._logs.items()) if t == topic for d in log]
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        with self._lock:
+            return {p: len(log) for (t, p), log in self._logs.items() if t == topic}
+
+    def consumer(self, group: str, topics: Iterable[str]) -> MemoryConsumer:
+        with self._lock:
+            consumer = MemoryConsumer(self, group, list(topics))
+            g = self._groups.setdefault(group, _Group())
+            g.members.append(consumer)
+            self._rebalance(g)
+            return consumer
+
+    def _rebalance(self, g: _Group) -> None:
+        tps = sorted(
+            {(t, p) for m in g.members for t in m.topics for p in range(self._partitions[t])}
+        )
+        for i, member in enumerate(g.members):
+            member.assigned = {tp for j, tp in enumerate(tps) if j % len(g.members) == i}
+            member.positions = {tp: g.committed.get(tp, 0) for tp in member.assigned}
+
+    def _leave(self, consumer: MemoryConsumer) -> None:
+        with self._lock:
+            g = self._groups[consumer.group]
+            g.members.remove(consumer)
+            if g.members:
+                self._rebalance(g)
+
+    def close(self) -> None:
+        return None
+
+
+class MemoryConsumer:
+    def __init__(self, bus: MemoryBus, group: str, topics: list[str]) -> None:
+        self.bus, self.group, self.topics = bus, group, topics
+        self.assigned: set[TopicPartition] = set()
+        self.positions: dict[TopicPartition, int] = {}
+
+    def poll(self, timeout_s: float, max_records: int) -> list[Delivery]:
+        deadline = time.monotonic() + timeout_s
+        with self.bus._lock:
+            while True:
+                out: list[Delivery] = []
+                for tp in sorted(self.assigned):
+                    log = self.bus._logs[tp]
+                    take = log[self.positions[tp] : self.positions[tp] + max_records - len(out)]
+                    out.extend(take)
+                    self.positions[tp] += len(take)
+                if out or time.monotonic() >= deadline:
+                    return out
+                self.bus._lock.wait(max(0.0, deadline - time.monotonic()))
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        with self.bus._lock:
+            self.bus._groups[self.group].committed.update(offsets)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.positions[tp] = offset
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.assigned)
+
+    def lag(self) -> int:
+        with self.bus._lock:
+            return sum(len(self.bus._logs[tp]) - self.positions[tp] for tp in self.assigned)
+
+    def close(self) -> None:
+        self.bus._leave(self)
+
+
+# --- Kafka ---------------------------------------------------------------------------------------
+
+
+class KafkaBus:
+    """kafka-python: an idempotent producer (acks=all) and manually committed consumers."""
+
+    def __init__(self, bootstrap: str, client_id: str, **security: Any) -> None:
+        from kafka import KafkaProducer
+
+        self.bootstrap = bootstrap
+        self.client_id = client_id
+        self._security = security
+        try:
+            self._producer = KafkaProducer(
+                bootstrap_servers=bootstrap,
+                client_id=client_id,
+                acks="all",
+                linger_ms=2,
+                **security,
+            )
+        except Exception as err:  # kafka-python raises its own types for "no broker"
+            raise BusError(
+                f"cannot reach Kafka at {bootstrap} ({type(err).__name__}); is the broker "
+                "running? (`bash deploy/kafka.sh start`, or set OBSBUS_KAFKA_BOOTSTRAP)"
+            ) from err
+        self._pending: list[Any] = []
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        self._pending.append(self._producer.send(topic, key=key, value=value))
+
+    def flush(self) -> None:
+        self._producer.flush()
+        pending, self._pending = self._pending, []
+        for future in pending:
+            if future.failed():
+                raise BusError(f"Kafka refused a message: {future.exception}")
+
+    def consumer(self, group: str, topics: Iterable[str]) -> KafkaTopicConsumer:
+        return KafkaTopicConsumer(self, group, list(topics))
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        from kafka import KafkaConsumer
+        from kafka import TopicPartition as KafkaPartition
+
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, **self._security)
+        try:
+            parts = consumer.partitions_for_topic(topic) or set()
+            ends = consumer.end_offsets([KafkaPartition(topic, p) for p in parts])
+            return {tp.partition: int(off) for tp, off in ends.items()}
+        finally:
+            consumer.close()
+
+    def close(self) -> None:
+        self._producer.close()
+
+
+class KafkaTopicConsumer:
+    def __init__(self, bus: KafkaBus, group: str, topics: list[str]) -> None:
+        from kafka import KafkaConsumer
+
+        self._consumer = KafkaConsumer(
+            *topics,
+            bootstrap_servers=bus.bootstrap,
+            group_id=group,
+            client_id=f"{bus.client_id}-{group}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+            max_poll_interval_ms=300_000,
+            **bus._security,
+        )
+
+    def poll(self, timeout_s: float, max_records: int) -> list[Delivery]:
+        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        out = [
+            Delivery(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
+            for records in batches.values()
+            for r in records
+        ]
+        out.sort(key=lambda d: (d.topic, d.partition, d.offset))
+        return out
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        from kafka import OffsetAndMetadata
+        from kafka import TopicPartition as KafkaPartition
+
+        if offsets:
+            self._consumer.commit(
+                {
+                    KafkaPartition(t, p): OffsetAndMetadata(o, "", -1)
+                    for (t, p), o in offsets.items()
+                }
+            )
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        from kafka import TopicPartition as KafkaPartition
+
+        self._consumer.seek(KafkaPartition(*tp), offset)
+
+    def assignment(self) -> set[TopicPartition]:
+        return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def lag(self) -> int:
+        assigned = list(self._consumer.assignment())
+        if not assigned:
+            return 0
+        ends = self._consumer.end_offsets(assigned)
+        return sum(max(0, ends[tp] - self._consumer.position(tp)) for tp in assigned)
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -1,0 +1,72 @@
+"""The ingest service's handler: raw arrivals in, registry commands (or failures) out.
+
+For each arrival: read and translate the header, pick the formatter per data ID, put the
+file into the datastore, and send one IngestRaw registry command. A file that cannot be
+ingested becomes a failed IngestOutcome at once. The registry service, the only writer of the
+registry, answers each command with the file's final outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..bus.messages import registry_command
+from ..bus.runner import Incoming, Outgoing
+from ..bus.topics import INGEST_OUTCOMES, REGISTRY_COMMANDS
+from ..butler import Butler
+from ..core.errors import ObsbusError
+from ..core.timespan import now_ns
+from .headers import configure_offline_translation
+from .raws import IngestOutcome, prepare, raw_refs, to_command, transfer_file
+
+
+def exposure_key(instrument: str, exposure: int) -> str:
+    """Message key of everything about one exposure (one partition, in order)."""
+    return f"{instrument}/{exposure}"
+
+
+def outcome_value(outcome: IngestOutcome, arrival: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An IngestOutcome message value."""
+    return {
+        **outcome.to_json(),
+        "arrival_id": None if arrival is None else arrival["arrival_id"],
+        "detected_at_ns": None if arrival is None else arrival["detected_at_ns"],
+        "finished_at_ns": now_ns(),
+    }
+
+
+class IngestHandler:
+    def __init__(self, butler: Butler, *, transfer: str = "copy", name: str = "ingest") -> None:
+        configure_offline_translation()
+        self.butler = butler
+        self.transfer = transfer
+        self.name = name
+
+    def __call__(self, batch: Sequence[Incoming]) -> list[Outgoing]:
+        return [self.handle(item.value) for item in batch]
+
+    def handle(self, arrival: dict[str, Any]) -> Outgoing:
+        path = Path(arrival["path"])
+        try:
+            prepared = prepare(path)
+            run = prepared.instrument.raw_run()
+            refs = raw_refs(self.butler.registry, prepared, run)
+            with self.butler.datastore.transaction() as files:
+                stored = transfer_file(files, prepared, refs, self.transfer)
+        except ObsbusError as err:
+            failed = IngestOutcome(str(path), "failed", err.code, str(err))
+            return Outgoing(
+                INGEST_OUTCOMES.name,
+                arrival["folder"],
+                INGEST_OUTCOMES.record,
+                outcome_value(failed, arrival),
+            )
+        command = to_command(prepared, run, refs, stored)
+        return Outgoing(
+            REGISTRY_COMMANDS.name,
+            exposure_key(prepared.instrument.name, prepared.exposure["id"]),
+            REGISTRY_COMMANDS.record,
+            registry_command(command, self.name, arrival=arrival),
+        )

@@ -1,0 +1,163 @@
+"""The four services on the in-memory bus: handlers and the service loop, no broker needed.
+
+The same flows run against the real Kafka broker in test_services_kafka.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from services.bus import codec
+from services.bus.topics import (
+    BLESSING_REQUESTS,
+    CALIB_OUTCOMES,
+    DEAD_LETTERS,
+    INGEST_OUTCOMES,
+    RAW_ARRIVALS,
+    REGISTRY_COMMANDS,
+    REGISTRY_EVENTS,
+)
+from services.butler import Butler
+from services.core.timespan import Timespan
+from services.instruments import load_instrument
+from services.instruments.simcam import write_exposure
+from tests.support import headers as hdrs
+from tests.support.bus import Pipeline, decoded, memory_bus, statuses
+
+
+@pytest.fixture
+def repo(empty_butler: Butler) -> Butler:
+    for name in ("SimCam", "HSC", "DECam"):
+        load_instrument(name).register(empty_butler.registry)
+    return empty_butler
+
+
+def test_raw_files_flow_to_the_registry(repo: Butler, tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    bus = memory_bus()
+    pipeline = Pipeline(bus, repo, landing)
+    files = write_exposure(landing, 1, "2024-11-26T01:00:00", detectors=range(10))
+    hdrs.write_single("fitsheader-hsc.yaml", landing / "hsc.fits")
+    (landing / "junk.fits").write_bytes(b"x" * 2880)
+    pipeline.drain()
+    outcomes = decoded(bus, INGEST_OUTCOMES.name)
+    assert len(outcomes) == len(files) + 2
+    assert statuses(outcomes) == ["failed"] + ["ingested"] * (len(files) + 1)
+    (failed,) = [o for o in outcomes if o["status"] == "failed"]
+    assert failed["reason"] == "not_fits" and failed["file"].endswith("junk.fits")
+    assert len(repo.registry.query_datasets("raw", ["SimCam/raw/all"])) == 10
+    assert len(repo.registry.query_datasets("raw", ["HSC/raw/all"])) == 1
+    events = decoded(bus, REGISTRY_EVENTS.name)
+    assert sorted({e["kind"] for e in events}) == ["datasets-registered"]
+    # An exposure's messages share a key, so they are on one partition, in order.
+    keys = {d.key for d in bus.messages(REGISTRY_COMMANDS.name)}
+    assert b"SimCam/2024112600001" in keys or any(k and k.startswith(b"SimCam/") for k in keys)
+    assert (
+        len(
+            {
+                d.partition
+                for d in bus.messages(REGISTRY_COMMANDS.name)
+                if d.key and d.key.startswith(b"SimCam/")
+            }
+        )
+        == 1
+    )
+
+
+def test_redelivered_commands_have_no_second_effect(repo: Butler, tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    bus = memory_bus()
+    pipeline = Pipeline(bus, repo, landing)
+    write_exposure(landing, 1, "2024-11-26T01:00:00", detectors=range(5))
+    pipeline.drain()
+    first = decoded(bus, INGEST_OUTCOMES.name)
+    # A second registry consumer group reading the same commands = every message redelivered.
+    again = Pipeline(bus, repo, tmp_path / "empty", suffix="-again")
+    again.registry.group = pipeline.registry.group  # same group identity for bus_processed
+    again.registry.handler = pipeline.registry.handler
+    again.registry._consumer = bus.consumer("fresh-reader", [REGISTRY_COMMANDS.name])
+    again.registry.step(0.05)
+    outcomes = decoded(bus, INGEST_OUTCOMES.name)
+    assert len(outcomes) == 2 * len(first)
+    # The answers sent again are the ones sent first: "ingested", not "already-present".
+    assert statuses(outcomes[len(first) :]) == statuses(first) == ["ingested"] * 5
+    assert len(repo.registry.query_datasets("raw", ["SimCam/raw/all"])) == 5
+
+
+def test_undecodable_bytes_go_to_the_dead_letter_topic(repo: Butler, tmp_path: Path) -> None:
+    bus = memory_bus()
+    pipeline = Pipeline(bus, repo, tmp_path / "landing")
+    bus.send(REGISTRY_COMMANDS.name, b"k", b"\x00garbage")
+    bus.send(RAW_ARRIVALS.name, None, b"\xc3\x01" + b"\x00" * 8)
+    pipeline.drain()
+    letters = decoded(bus, DEAD_LETTERS.name)
+    assert sorted(d["topic"] for d in letters) == [RAW_ARRIVALS.name, REGISTRY_COMMANDS.name]
+    assert all(d["error_code"] == "undecodable" for d in letters)
+    garbage = next(d for d in letters if d["topic"] == REGISTRY_COMMANDS.name)
+    assert garbage["value"] == b"\x00garbage" and garbage["key"] == b"k"
+    assert garbage["offset"] == 0 and garbage["service"] == "registry"
+    # The service goes on: a good message after the bad ones is handled.
+    write_exposure(tmp_path / "landing", 1, "2024-11-26T01:00:00", detectors=[0])
+    pipeline.drain()
+    assert statuses(decoded(bus, INGEST_OUTCOMES.name)) == ["ingested"]
+
+
+def _bless(bus: object, **fields: object) -> str:
+    request_id = str(uuid.uuid4())
+    value = {
+        "request_id": request_id,
+        "collection": "SimCam/calib/bless",
+        "dataset_type": "bias",
+        "run": "SimCam/calib/masters",
+        "data_ids": [],
+        "begin_ns": Timespan.from_times("2024-11-01", None).begin,
+        "end_ns": None,
+        "requested_by": "pytest",
+        "reason": "new master bias",
+        "adjustments": [],
+        "requested_at_ns": 0,
+        **fields,
+    }
+    bus.send(BLESSING_REQUESTS.name, b"c", codec.encode(BLESSING_REQUESTS.record, value))  # type: ignore[attr-defined]
+    return request_id
+
+
+def test_blessing_request_certifies_or_is_refused(repo: Butler, tmp_path: Path) -> None:
+    from services.registry.datasets import DatasetType
+
+    registry = repo.registry
+    registry.register_dataset_type(DatasetType("bias", ("instrument", "detector"), "Json", True))
+    registry.register_dataset_type(DatasetType("note", ("instrument", "detector"), "Json"))
+    for det in (0, 1):
+        repo.put(
+            {"level": det},
+            "bias",
+            {"instrument": "SimCam", "detector": det},
+            "SimCam/calib/masters",
+        )
+    bus = memory_bus()
+    pipeline = Pipeline(bus, repo, tmp_path / "landing")
+    ok = _bless(bus)
+    pipeline.drain()
+    again = _bless(bus, begin_ns=Timespan.from_times("2024-12-01", None).begin)
+    wrong_type = _bless(bus, dataset_type="note")
+    no_run = _bless(bus, run="nowhere")
+    pipeline.drain()
+    outcomes = {o["request_id"]: o for o in decoded(bus, CALIB_OUTCOMES.name)}
+    assert outcomes[ok]["status"] == "blessed" and outcomes[ok]["certified"] == 2
+    assert (outcomes[again]["status"], outcomes[again]["reason"]) == (
+        "rejected",
+        "validity_overlap",
+    )
+    assert outcomes[wrong_type]["reason"] == "not_a_calibration"
+    assert outcomes[no_run]["reason"] == "unknown_collection"
+    found = registry.find_calibration(
+        "bias",
+        {"instrument": "SimCam", "detector": 1},
+        ["SimCam/calib/bless"],
+        Timespan.at("2025-01-01"),
+    )
+    assert found is not None and found.ref.run == "SimCam/calib/masters"
