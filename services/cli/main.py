@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from ..core.errors import ObsbusError
 from ..instruments.simcam import cli as simcam_cli
-from . import calib_commands, ingest_commands, query_commands, repo_commands
+from . import bus_commands, calib_commands, ingest_commands, query_commands, repo_commands
 
 PROG = "obsbus"
 
@@ -34,7 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (repo_commands, ingest_commands, query_commands, calib_commands, simcam_cli):
+    for module in (
+        repo_commands,
+        ingest_commands,
+        query_commands,
+        calib_commands,
+        bus_commands,
+        simcam_cli,
+    ):
         module.add_commands(sub, common)
     return parser
 

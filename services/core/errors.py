@@ -191,6 +191,12 @@ class CalibrationAmbiguityError(CalibrationError):
     code = "ambiguous_calibration"
 
 
+class BlessingRejectedError(CalibrationError):
+    """The calibration service refused a blessing request (the message says why)."""
+
+    code = "blessing_rejected"
+
+
 class TimespanError(ObsbusError):
     code = "bad_timespan"
 

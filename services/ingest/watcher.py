@@ -11,8 +11,10 @@ arrivals, so a restart neither loses nor repeats a file, with no local state to 
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -39,8 +41,14 @@ class _Seen:
 
 class Watcher:
     def __init__(
-        self, bus: Bus, folders: Iterable[Path], watcher_id: str, settle_s: float = 0.25
+        self,
+        bus: Bus,
+        folders: Iterable[Path],
+        watcher_id: str,
+        settle_s: float = 0.25,
+        status_file: Path | None = None,
     ) -> None:
+        self.status_file = status_file
         self.bus = bus
         self.folders = [Path(f).resolve() for f in folders]
         self.watcher_id = watcher_id
@@ -130,8 +138,21 @@ class Watcher:
     def run(self, stop: threading.Event, interval_s: float = 0.1) -> None:
         self.recover()
         log.info("watcher started", watcher=self.watcher_id, folders=[str(f) for f in self.folders])
+        last_status = 0.0
         while not stop.is_set():
             self.scan()
+            if self.status_file is not None and time.monotonic() - last_status > 1.0:
+                status = {
+                    "service": self.watcher_id,
+                    "pid": os.getpid(),
+                    "updated_at_ns": now_ns(),
+                    "produced": self.published_count,
+                    "lag": 0,
+                }
+                tmp = self.status_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(status))
+                tmp.replace(self.status_file)
+                last_status = time.monotonic()
             stop.wait(interval_s)
 
 

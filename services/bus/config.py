@@ -1,0 +1,40 @@
+"""Where the Kafka cluster is and how to talk to it: configuration only (pydantic settings).
+
+Environment variables ``OBSBUS_KAFKA_*`` point the services at an existing cluster; when
+``OBSBUS_KAFKA_BOOTSTRAP`` is unset, ``obsbus up`` starts the local single-node broker
+(deploy/kafka.sh) and uses it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOCAL_BOOTSTRAP = "127.0.0.1:19092"
+
+
+class KafkaSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OBSBUS_KAFKA_")
+
+    bootstrap: str | None = None  # host:port[,host:port...]; None = the local broker
+    replication: int = 1  # replication factor of the topics obsbus creates
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
+    sasl_mechanism: str | None = None  # e.g. SCRAM-SHA-512
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+
+    def resolved_bootstrap(self) -> str:
+        return self.bootstrap or LOCAL_BOOTSTRAP
+
+    def client_options(self) -> dict[str, Any]:
+        """Security settings in kafka-python's terms (only those that are set)."""
+        options: dict[str, Any] = {"security_protocol": self.security_protocol}
+        for name in ("sasl_mechanism", "ssl_cafile"):
+            if getattr(self, name) is not None:
+                options[name] = getattr(self, name)
+        if self.sasl_username is not None:
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = self.sasl_password
+        return options

@@ -1,0 +1,238 @@
+"""Commands that run and watch the services: serve, up, down, status, events, bless."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ..bus import codec
+from ..bus.config import KafkaSettings
+from ..bus.topics import ALL_TOPICS, BLESSING_REQUESTS, CALIB_OUTCOMES, topic
+from ..bus.transport import KafkaBus
+from ..core.dimensions import parse_data_id_args
+from ..core.errors import BlessingRejectedError, BusError
+from ..core.timespan import Timespan, now_ns, ns_to_iso
+from . import up as up_mod
+
+Sub = Any
+SERVICES = ("watcher", "ingest", "registry", "calib")
+
+
+def add_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("serve", parents=[common], help="run one service in the foreground")
+    p.add_argument("service", choices=SERVICES)
+    p.add_argument("repo", type=Path)
+    p.add_argument(
+        "--watch", type=Path, nargs="+", default=[], metavar="DIR", help="landing folders (watcher)"
+    )
+    p.add_argument("--transfer", default="copy", help="datastore transfer mode (ingest)")
+    p.add_argument("--name", help="instance name (default: the service name)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "up", parents=[common], help="start the broker (unless configured) and the four services"
+    )
+    p.add_argument("repo", type=Path)
+    p.add_argument("--watch", type=Path, help="landing folder (default: REPO/landing)")
+    p.add_argument(
+        "--simulate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="land a simulated SimCam night of N exposures",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="seconds between simulated exposures",
+    )
+    p.add_argument("--detach", action="store_true", help="start and return (stop: obsbus down)")
+    p.add_argument(
+        "--exit-when-done",
+        action="store_true",
+        help="stop once every landed file has an outcome (with --simulate)",
+    )
+    p.set_defaults(func=up_mod.cmd_up)
+
+    p = sub.add_parser("down", parents=[common], help="stop what `obsbus up --detach` started")
+    p.add_argument("repo", type=Path)
+    p.set_defaults(func=up_mod.cmd_down)
+
+    p = sub.add_parser("status", parents=[common], help="every service, its pid and its lag")
+    p.add_argument("repo", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=up_mod.cmd_status)
+
+    p = sub.add_parser("events", parents=[common], help="print decoded events from topics")
+    p.add_argument("repo", type=Path)
+    p.add_argument("--topic", action="append", help="topic name (default: every topic)")
+    p.add_argument("--from-beginning", action="store_true")
+    p.add_argument("--max", type=int, help="stop after this many events")
+    p.add_argument("--timeout", type=float, help="stop after this many idle seconds")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser(
+        "bless",
+        parents=[common],
+        help="ask the calibration service to certify calibrations, and wait",
+    )
+    p.add_argument("repo", type=Path)
+    p.add_argument("--collection", required=True, help="target CALIBRATION collection")
+    p.add_argument("--dataset-type", required=True)
+    p.add_argument("--run", required=True, help="RUN holding the calibrations")
+    p.add_argument(
+        "--data-id",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="one data ID (repeat for more; default: every dataset in the run)",
+    )
+    p.add_argument("--begin-date", help="ISO TAI start of validity (default: unbounded)")
+    p.add_argument("--end-date", help="ISO TAI end of validity (default: unbounded)")
+    p.add_argument("--reason", default="", help="why (kept with the request)")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.set_defaults(func=cmd_bless)
+
+
+def kafka_bus(client_id: str) -> KafkaBus:
+    settings = KafkaSettings()
+    return KafkaBus(settings.resolved_bootstrap(), client_id, **settings.client_options())
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..core.logging import configure_logging
+
+    configure_logging(json=True)
+    name = args.name or args.service
+    run_dir = up_mod.run_dir(args.repo)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    (run_dir / f"{name}.pid").write_text(str(os.getpid()))
+    bus = kafka_bus(f"obsbus-{name}")
+    try:
+        up_mod.service(args.service, name, args.repo, bus, args.watch, args.transfer).run(stop)
+    finally:
+        bus.close()
+        (run_dir / f"{name}.pid").unlink(missing_ok=True)
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    names = args.topic or [t.name for t in ALL_TOPICS]
+    for name in names:
+        topic(name)  # refuse unknown topics with the list of known ones
+    bus = kafka_bus("obsbus-events")
+    group = f"obsbus-events-{uuid.uuid4().hex[:8]}"
+    consumer = bus.consumer(group, names)
+    if not args.from_beginning:
+        consumer.poll(1.0, 1)  # join the group, then start from the end
+        for tp in consumer.assignment():
+            consumer.seek(tp, bus.end_offsets(tp[0]).get(tp[1], 0))
+    shown, idle_since = 0, time.monotonic()
+    try:
+        while args.max is None or shown < args.max:
+            batch = consumer.poll(0.5, 500)
+            if not batch:
+                if args.timeout is not None and time.monotonic() - idle_since > args.timeout:
+                    break
+                continue
+            idle_since = time.monotonic()
+            for d in batch:
+                message = codec.decode(d.value)
+                row = {
+                    "topic": d.topic,
+                    "partition": d.partition,
+                    "offset": d.offset,
+                    "key": None if d.key is None else d.key.decode(errors="replace"),
+                    "record": message.record_name,
+                    **_printable(message.value),
+                }
+                print(json.dumps(row, default=str) if args.json else _line(row), flush=True)
+                shown += 1
+                if args.max is not None and shown >= args.max:
+                    break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+        bus.close()
+    return 0
+
+
+def _printable(value: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in value.items():
+        out[k] = v.hex() if isinstance(v, bytes) else v
+        if k.endswith("_ns") and isinstance(v, int):
+            out[k.removesuffix("_ns")] = ns_to_iso(v)
+            del out[k]
+    return out
+
+
+def _line(row: dict[str, Any]) -> str:
+    head = f"{row.pop('topic')}[{row.pop('partition')}]@{row.pop('offset')} {row.pop('record')}"
+    return head + " " + " ".join(f"{k}={v}" for k, v in row.items() if v not in (None, [], ""))
+
+
+def cmd_bless(args: argparse.Namespace) -> int:
+    timespan = Timespan.from_times(args.begin_date, args.end_date)
+    request_id = str(uuid.uuid4())
+    request = {
+        "request_id": request_id,
+        "collection": args.collection,
+        "dataset_type": args.dataset_type,
+        "run": args.run,
+        "data_ids": [parse_data_id_args(items) for items in args.data_id],
+        "begin_ns": timespan.begin,
+        "end_ns": timespan.end,
+        "requested_by": os.environ.get("USER", "unknown"),
+        "reason": args.reason,
+        "adjustments": [],
+        "requested_at_ns": now_ns(),
+    }
+    bus = kafka_bus("obsbus-bless")
+    consumer = bus.consumer(f"obsbus-bless-{request_id}", [CALIB_OUTCOMES.name])
+    try:
+        consumer.poll(1.0, 1)  # join before sending, then read only what comes after
+        for tp in consumer.assignment():
+            consumer.seek(tp, bus.end_offsets(tp[0]).get(tp[1], 0))
+        bus.send(
+            BLESSING_REQUESTS.name,
+            args.collection.encode(),
+            codec.encode(BLESSING_REQUESTS.record, request),
+        )
+        bus.flush()
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            for d in consumer.poll(0.5, 100):
+                outcome = codec.decode(d.value).value
+                if outcome["request_id"] == request_id:
+                    return _report_blessing(outcome)
+    finally:
+        consumer.close()
+        bus.close()
+    raise BusError(
+        f"no answer to blessing request {request_id} within {args.timeout:g} s; are the calib "
+        "and registry services running? (`obsbus status REPO`)"
+    )
+
+
+def _report_blessing(outcome: dict[str, Any]) -> int:
+    if outcome["status"] != "blessed":
+        raise BlessingRejectedError(
+            f"blessing rejected [{outcome['reason']}]: {outcome['message']}"
+        )
+    print(f"blessed into {outcome['collection']}: {outcome['message']}")
+    return 0
