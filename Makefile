@@ -7,7 +7,7 @@ REPO ?= repo
 LANDING ?= var/landing
 EXPOSURES ?= 2
 
-.PHONY: venv postgres run test lint clean-db
+.PHONY: venv postgres kafka run test lint clean-db clean-kafka
 
 venv: $(VENV)/.installed
 
@@ -30,16 +30,26 @@ run: venv
 postgres:
 	bash deploy/postgres.sh start
 
+# Local single-node Kafka (KRaft) on 127.0.0.1:19092 (jars in deploy/kafka/lib/, data in
+# var/kafka/); idempotent. The first start fetches the broker with Maven (~45 MB, once).
+kafka:
+	bash deploy/kafka.sh start
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 # pytest exits non-zero (5) when no tests are collected: that fails the target.
-test: venv postgres lint
-	url=$$(bash deploy/postgres.sh url) && \
-	OBSBUS_TEST_POSTGRES_URL="$$url" $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+test: venv postgres kafka lint
+	url=$$(bash deploy/postgres.sh url) && kafka=$$(bash deploy/kafka.sh bootstrap) && \
+	OBSBUS_TEST_POSTGRES_URL="$$url" OBSBUS_TEST_KAFKA="$$kafka" \
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 clean-db:
 	bash deploy/postgres.sh stop
 	rm -rf var/postgres
+
+clean-kafka:
+	bash deploy/kafka.sh stop
+	rm -rf var/kafka

@@ -7,9 +7,13 @@ Environment variables ``OBSBUS_KAFKA_*`` point the services at an existing clust
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .topics import ALL_TOPICS, Topic
+from .transport import KafkaBus
 
 LOCAL_BOOTSTRAP = "127.0.0.1:19092"
 
@@ -19,6 +23,7 @@ class KafkaSettings(BaseSettings):
 
     bootstrap: str | None = None  # host:port[,host:port...]; None = the local broker
     replication: int = 1  # replication factor of the topics obsbus creates
+    namespace: str = ""  # prefix of every topic and consumer group (several setups, one cluster)
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
     sasl_mechanism: str | None = None  # e.g. SCRAM-SHA-512
     sasl_username: str | None = None
@@ -27,6 +32,15 @@ class KafkaSettings(BaseSettings):
 
     def resolved_bootstrap(self) -> str:
         return self.bootstrap or LOCAL_BOOTSTRAP
+
+    def bus(self, client_id: str) -> KafkaBus:
+        return KafkaBus(
+            self.resolved_bootstrap(), client_id, self.namespace, **self.client_options()
+        )
+
+    def topics(self) -> list[Topic]:
+        """The topic table with this deployment's namespace applied (for creating them)."""
+        return [dataclasses.replace(t, name=self.namespace + t.name) for t in ALL_TOPICS]
 
     def client_options(self) -> dict[str, Any]:
         """Security settings in kafka-python's terms (only those that are set)."""

@@ -177,13 +177,21 @@ class MemoryConsumer:
 
 
 class KafkaBus:
-    """kafka-python: an idempotent producer (acks=all) and manually committed consumers."""
+    """kafka-python: an idempotent producer (acks=all) and manually committed consumers.
 
-    def __init__(self, bootstrap: str, client_id: str, **security: Any) -> None:
+    ``namespace`` prefixes every topic and consumer group on the cluster, so several
+    deployments (or test runs) can share one cluster without seeing each other's messages;
+    services still use the plain names from topics.py.
+    """
+
+    def __init__(
+        self, bootstrap: str, client_id: str, namespace: str = "", **security: Any
+    ) -> None:
         from kafka import KafkaProducer
 
         self.bootstrap = bootstrap
         self.client_id = client_id
+        self.namespace = namespace
         self._security = security
         try:
             self._producer = KafkaProducer(
@@ -201,7 +209,7 @@ class KafkaBus:
         self._pending: list[Any] = []
 
     def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        self._pending.append(self._producer.send(topic, key=key, value=value))
+        self._pending.append(self._producer.send(self.namespace + topic, key=key, value=value))
 
     def flush(self) -> None:
         self._producer.flush()
@@ -219,8 +227,9 @@ class KafkaBus:
 
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, **self._security)
         try:
-            parts = consumer.partitions_for_topic(topic) or set()
-            ends = consumer.end_offsets([KafkaPartition(topic, p) for p in parts])
+            physical = self.namespace + topic
+            parts = consumer.partitions_for_topic(physical) or set()
+            ends = consumer.end_offsets([KafkaPartition(physical, p) for p in parts])
             return {tp.partition: int(off) for tp, off in ends.items()}
         finally:
             consumer.close()
@@ -233,10 +242,11 @@ class KafkaTopicConsumer:
     def __init__(self, bus: KafkaBus, group: str, topics: list[str]) -> None:
         from kafka import KafkaConsumer
 
+        self._ns = bus.namespace
         self._consumer = KafkaConsumer(
-            *topics,
+            *(self._ns + t for t in topics),
             bootstrap_servers=bus.bootstrap,
-            group_id=group,
+            group_id=self._ns + group,
             client_id=f"{bus.client_id}-{group}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -249,7 +259,9 @@ class KafkaTopicConsumer:
     def poll(self, timeout_s: float, max_records: int) -> list[Delivery]:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         out = [
-            Delivery(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
+            Delivery(
+                r.topic.removeprefix(self._ns), r.partition, r.offset, r.key, r.value, r.timestamp
+            )
             for records in batches.values()
             for r in records
         ]
@@ -271,10 +283,12 @@ class KafkaTopicConsumer:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         from kafka import TopicPartition as KafkaPartition
 
-        self._consumer.seek(KafkaPartition(*tp), offset)
+        self._consumer.seek(KafkaPartition(self._ns + tp[0], tp[1]), offset)
 
     def assignment(self) -> set[TopicPartition]:
-        return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        return {
+            (tp.topic.removeprefix(self._ns), tp.partition) for tp in self._consumer.assignment()
+        }
 
     def lag(self) -> int:
         assigned = list(self._consumer.assignment())

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -14,10 +15,10 @@ from typing import Any
 
 from ..bus import codec
 from ..bus.config import KafkaSettings
-from ..bus.topics import ALL_TOPICS, BLESSING_REQUESTS, CALIB_OUTCOMES, topic
+from ..bus.topics import ALL_TOPICS, BLESSING_REQUESTS, CALIB_OUTCOMES, REGISTRY_COMMANDS, topic
 from ..bus.transport import KafkaBus
 from ..core.dimensions import parse_data_id_args
-from ..core.errors import BlessingRejectedError, BusError
+from ..core.errors import BlessingRejectedError, BusError, ObsbusError
 from ..core.timespan import Timespan, now_ns, ns_to_iso
 from . import up as up_mod
 
@@ -82,6 +83,20 @@ def add_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_events)
 
     p = sub.add_parser(
+        "replay",
+        parents=[common],
+        help="rebuild a registry from the registry-command topic (from offset 0)",
+    )
+    p.add_argument("repo", type=Path, help="a fresh repository (instruments registered)")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser(
+        "dump", parents=[common], help="canonical JSON dump of a registry (to compare two)"
+    )
+    p.add_argument("repo", type=Path)
+    p.set_defaults(func=cmd_dump)
+
+    p = sub.add_parser(
         "bless",
         parents=[common],
         help="ask the calibration service to certify calibrations, and wait",
@@ -106,8 +121,7 @@ def add_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
 
 
 def kafka_bus(client_id: str) -> KafkaBus:
-    settings = KafkaSettings()
-    return KafkaBus(settings.resolved_bootstrap(), client_id, **settings.client_options())
+    return KafkaSettings().bus(client_id)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -235,4 +249,52 @@ def _report_blessing(outcome: dict[str, Any]) -> int:
             f"blessing rejected [{outcome['reason']}]: {outcome['message']}"
         )
     print(f"blessed into {outcome['collection']}: {outcome['message']}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from ..bus.runner import Incoming
+    from ..butler import Butler
+    from ..registry.service import RegistryHandler
+
+    bus = kafka_bus("obsbus-replay")
+    group = f"obsbus-replay-{uuid.uuid4().hex[:8]}"
+    ends = {p: o for p, o in bus.end_offsets(REGISTRY_COMMANDS.name).items() if o > 0}
+    applied = skipped = 0
+    with Butler.open(args.repo, actor=args.actor) as butler:
+        handler = RegistryHandler(butler.registry, group)
+        consumer = bus.consumer(group, [REGISTRY_COMMANDS.name])
+        reached: dict[int, int] = {}
+        try:
+            while any(reached.get(p, 0) < end for p, end in ends.items()):
+                batch = []
+                for d in consumer.poll(1.0, 500):
+                    reached[d.partition] = d.offset + 1
+                    if d.offset >= ends.get(d.partition, 0):
+                        continue  # arrived after the replay started: not part of it
+                    try:
+                        message = codec.decode(d.value)
+                    except ObsbusError:
+                        skipped += 1  # dead-lettered when it was live
+                        continue
+                    batch.append(Incoming(d, message.record_name, message.value))
+                handler(batch)  # the answers were published live; a replay only rebuilds
+                applied += len(batch)
+        finally:
+            consumer.close()
+            bus.close()
+    print(
+        f"replayed {applied} command(s) into {args.repo}"
+        + (f" ({skipped} undecodable skipped)" if skipped else "")
+    )
+    return 0
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    from ..butler import Butler
+    from ..registry.dump import canonical_dump
+
+    with Butler.open(args.repo) as butler:
+        json.dump(canonical_dump(butler.registry), sys.stdout, indent=1, sort_keys=True)
+    print()
     return 0

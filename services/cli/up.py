@@ -25,7 +25,7 @@ from ..bus.admin import ensure_topics, wait_for_broker
 from ..bus.config import KafkaSettings
 from ..bus.runner import ServiceLoop
 from ..bus.topics import BLESSING_REQUESTS, INGEST_OUTCOMES, RAW_ARRIVALS, REGISTRY_COMMANDS
-from ..bus.transport import Bus, KafkaBus
+from ..bus.transport import Bus
 from ..butler import Butler
 from ..core.config import CONFIG_NAME
 from ..core.errors import BusError, ConfigError
@@ -110,7 +110,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     watch.mkdir(parents=True, exist_ok=True)
     settings = KafkaSettings()
     started_broker = _start_broker(repo)
-    ensure_topics(settings.resolved_bootstrap(), replication_factor=settings.replication)
+    ensure_topics(settings.resolved_bootstrap(), settings.topics(), settings.replication)
     logs = repo / "var" / "log"
     logs.mkdir(parents=True, exist_ok=True)
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -147,7 +147,7 @@ def _follow(
 ) -> int:
     """Land the simulated night (if asked) and show progress until done or Ctrl-C."""
     settings = KafkaSettings()
-    bus = KafkaBus(settings.resolved_bootstrap(), "obsbus-up", **settings.client_options())
+    bus = settings.bus("obsbus-up")
     outcomes = bus.consumer(f"obsbus-up-{uuid.uuid4().hex[:8]}", [INGEST_OUTCOMES.name])
     outcomes.poll(1.0, 1)
     for tp in outcomes.assignment():

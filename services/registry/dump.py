@@ -1,0 +1,76 @@
+"""A canonical dump of a registry's content, to compare two registries (e.g. live vs replayed).
+
+Surrogate ids (collection, dataset type) are replaced by names, and bookkeeping that records
+*when* something was written (ingest dates, certification moments) is left out: two
+registries that hold the same facts dump identically, however and whenever they were built.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import select
+
+from .registry import Registry
+from .schema import build_metadata
+
+# Moments and actors of writing: true of this registry's history, not of its content.
+VOLATILE = {
+    "ingest_date",
+    "created_at",
+    "certified_at",
+    "certified_by",
+    "decertified_at",
+    "decertified_by",
+    "defined_at",
+    "superseded_at",
+    "command",
+    "frozen_at",
+    "frozen_by",
+    "changed_at",
+    "changed_by",
+}
+# Tables whose "id" is a surrogate number (dimension ids like exposure.id are content).
+SURROGATE_IDS = {"collection", "dataset_type", "calib_validity", "collection_chain"}
+SKIPPED_TABLES = {"bus_processed", "record_audit"}
+_NAMED = {
+    "collection_id": "collection",
+    "run_id": "collection",
+    "parent_id": "collection",
+    "child_id": "collection",
+    "dataset_type_id": "dataset_type",
+}
+
+
+def canonical_dump(registry: Registry) -> dict[str, list[dict[str, Any]]]:
+    tables = build_metadata(registry.universe).tables
+    out: dict[str, list[dict[str, Any]]] = {}
+    with registry.transaction() as conn:
+        names = {
+            table: dict(conn.execute(select(tables[table].c.id, tables[table].c.name)).all())
+            for table in ("collection", "dataset_type")
+        }
+        live_calibs = tables["calib_validity"].c.decertified_at.is_(None)
+        live_chains = tables["collection_chain"].c.superseded_at.is_(None)
+        for name, table in sorted(tables.items()):
+            if name in SKIPPED_TABLES:
+                continue
+            stmt = select(table)
+            if name == "calib_validity":
+                stmt = stmt.where(live_calibs)
+            elif name == "collection_chain":
+                stmt = stmt.where(live_chains)
+            rows = []
+            for row in conn.execute(stmt).mappings():
+                clean = {}
+                for column, value in row.items():
+                    if column in VOLATILE or (column == "id" and name in SURROGATE_IDS):
+                        continue
+                    if column in _NAMED:
+                        value = names[_NAMED[column]][value]
+                    plain = isinstance(value, int | float | str | None)
+                    clean[column] = value if plain else str(value)
+                rows.append(clean)
+            out[name] = sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=str))
+    return out

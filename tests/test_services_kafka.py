@@ -1,0 +1,267 @@
+"""The services as real processes over the real Kafka broker (started by `make test`).
+
+Each test has its own topic namespace on the shared broker, so tests never see each other's
+messages.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.bus import codec
+from services.bus.admin import ensure_topics
+from services.bus.config import KafkaSettings
+from services.bus.topics import DEAD_LETTERS, INGEST_OUTCOMES, REGISTRY_COMMANDS
+from services.butler import Butler
+from services.instruments import load_instrument
+from services.instruments.base import RAW
+from services.instruments.simcam import write_exposure
+from services.registry.datasets import DatasetType, IdGenerationMode, make_dataset_id
+from services.registry.dump import canonical_dump
+from tests.conftest import REPO_ROOT
+from tests.support import headers as hdrs
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def kafka_bootstrap() -> str:
+    bootstrap = os.environ.get("OBSBUS_TEST_KAFKA")
+    if not bootstrap:
+        if os.environ.get("CI"):
+            pytest.fail("OBSBUS_TEST_KAFKA is not set in CI: the Kafka tests must run")
+        pytest.skip("OBSBUS_TEST_KAFKA not set (run `make test`, which starts Kafka)")
+    return bootstrap
+
+
+class Services:
+    """`obsbus serve` processes for one repository, in one topic namespace."""
+
+    def __init__(self, repo: Path, landing: Path, tmp: Path) -> None:
+        self.repo, self.landing, self.tmp = repo, landing, tmp
+        self.env = dict(os.environ)
+        self.env["OBSBUS_KAFKA_BOOTSTRAP"] = kafka_bootstrap()
+        self.env["OBSBUS_KAFKA_NAMESPACE"] = f"t{uuid.uuid4().hex[:10]}."
+        self.env["PYTHONPATH"] = str(REPO_ROOT)
+        self.settings = KafkaSettings(
+            bootstrap=self.env["OBSBUS_KAFKA_BOOTSTRAP"],
+            namespace=self.env["OBSBUS_KAFKA_NAMESPACE"],
+        )
+        ensure_topics(self.settings.resolved_bootstrap(), self.settings.topics())
+        self.bus = self.settings.bus("pytest")
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, *names: str) -> None:
+        for name in names:
+            argv = [sys.executable, "-m", "services.cli.main", "serve", name, str(self.repo)]
+            if name == "watcher":
+                argv += ["--watch", str(self.landing)]
+            log = (self.tmp / f"{name}.log").open("ab")
+            self.procs[name] = subprocess.Popen(argv, env=self.env, stdout=log, stderr=log)
+
+    def kill9(self, *names: str) -> None:
+        for name in names:
+            self.procs[name].send_signal(signal.SIGKILL)
+            self.procs[name].wait(30)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.bus.close()
+
+    def alive(self) -> list[str]:
+        return sorted(n for n, p in self.procs.items() if p.poll() is None)
+
+    def messages(
+        self,
+        topic: str,
+        until: int | Callable[[list[dict[str, Any]]], bool],
+        timeout_s: float = 240,
+    ) -> list[dict[str, Any]]:
+        """Decoded messages of a topic from the beginning, once there are ``until`` of them
+        (or once ``until(messages)`` is true)."""
+        done = until if callable(until) else lambda out: len(out) >= until
+        consumer = self.bus.consumer(f"pytest-{uuid.uuid4().hex[:8]}", [topic])
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not done(out) and time.monotonic() < deadline:
+                out.extend(codec.decode(d.value).value for d in consumer.poll(0.5, 1000))
+        finally:
+            consumer.close()
+        return out
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in self.tmp.glob("*.log"))
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[Services]:
+    kafka_bootstrap()
+    repo = tmp_path / "repo"
+    with Butler.create(repo) as butler:
+        for name in ("SimCam", "HSC", "DECam"):
+            load_instrument(name).register(butler.registry)
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    running = Services(repo, landing, tmp_path)
+    yield running
+    running.stop()
+
+
+def test_end_to_end_real_and_simulated_files(services: Services) -> None:
+    services.start("registry", "calib", "ingest", "watcher")
+    simcam = write_exposure(services.landing, 1, "2024-11-26T01:00:00", detectors=range(20))
+    hdrs.write_single("fitsheader-hsc.yaml", services.landing / "HSC-904024-050.fits")
+    hdrs.write_mef(
+        "fitsheader-decam.yaml",
+        services.landing / "DECam_00229388.fits",
+        [{"CCDNUM": 25, "DETPOS": "S1"}, {"CCDNUM": 26, "DETPOS": "S2"}],
+    )
+    (services.landing / "broken.fits").write_bytes(b"SIMPLE  =" + b" " * 2871)
+    hdrs.write_single("fitsheader-megaprime.yaml", services.landing / "megaprime.fits")
+    expected = len(simcam) + 4
+    outcomes = services.messages(INGEST_OUTCOMES.name, expected)
+    assert len(outcomes) == expected, services.logs()
+    by_file = {Path(o["file"]).name: o for o in outcomes}
+    assert by_file["broken.fits"]["reason"] == "truncated"
+    assert by_file["megaprime.fits"]["reason"] == "no_such_instrument"
+    assert by_file["DECam_00229388.fits"]["status"] == "ingested"
+    assert sorted(by_file["DECam_00229388.fits"]["detectors"]) == [25, 26]
+    assert sum(o["status"] == "ingested" for o in outcomes) == len(simcam) + 2
+    assert services.alive() == ["calib", "ingest", "registry", "watcher"]
+    with Butler.open(services.repo) as butler:
+        raws = butler.registry.query_datasets(
+            "raw", ["SimCam/raw/all", "HSC/raw/all", "DECam/raw/all"]
+        )
+        assert len(raws) == len(simcam) + 3
+
+
+def test_kill_9_mid_exposure_then_restart_registers_every_file_once(
+    services: Services, tmp_path: Path
+) -> None:
+    services.start("registry", "ingest", "watcher")
+    files = write_exposure(services.landing, 7, "2024-11-26T02:00:00")
+    assert len(files) == 205
+    # Let part of the exposure through, then kill both services without warning.
+    services.messages(INGEST_OUTCOMES.name, 40)
+    services.kill9("registry", "ingest")
+    services.start("registry", "ingest")
+    wanted = {str(f) for f in files}
+    # Redelivered commands send their answers again, so count files, not messages.
+    outcomes = services.messages(
+        INGEST_OUTCOMES.name, lambda out: {o["file"] for o in out} >= wanted
+    )
+    assert {o["file"] for o in outcomes} >= wanted, services.logs()
+    assert {o["status"] for o in outcomes} == {"ingested"}
+    exposure = 2024112500007
+    expected_ids = {
+        str(
+            make_dataset_id(
+                "raw",
+                RAW_ID(detector, exposure),
+                "SimCam/raw/all",
+                IdGenerationMode.DATAID_TYPE_RUN,
+            )
+        )
+        for detector in range(205)
+    }
+    with Butler.open(services.repo) as butler:
+        refs = butler.registry.query_datasets("raw", ["SimCam/raw/all"])
+        assert len(refs) == 205
+        assert {str(ref.id) for ref, _ in refs} == expected_ids
+        live = canonical_dump(butler.registry)
+    # Replay: a fresh registry built from the command topic from offset 0 is identical.
+    fresh = tmp_path / "fresh"
+    with Butler.create(fresh) as butler:
+        for name in ("SimCam", "HSC", "DECam"):
+            load_instrument(name).register(butler.registry)
+    replay = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "replay", str(fresh)],
+        env=services.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert replay.returncode == 0, replay.stderr
+    with Butler.open(fresh) as butler:
+        assert canonical_dump(butler.registry) == live
+
+
+def RAW_ID(detector: int, exposure: int) -> Any:  # noqa: N802 - reads like the data ID it is
+    from services.core.dimensions import default_universe
+
+    return default_universe().data_id(
+        RAW.dimensions, {"instrument": "SimCam", "exposure": exposure, "detector": detector}
+    )
+
+
+def test_undecodable_bytes_are_dead_lettered_and_service_goes_on(services: Services) -> None:
+    services.start("registry", "ingest", "watcher")
+    services.bus.send(REGISTRY_COMMANDS.name, b"bad", b"definitely not avro")
+    services.bus.flush()
+    (letter,) = services.messages(DEAD_LETTERS.name, 1)
+    assert letter["topic"] == REGISTRY_COMMANDS.name and letter["error_code"] == "undecodable"
+    assert letter["value"] == b"definitely not avro" and letter["service"] == "registry"
+    write_exposure(services.landing, 3, "2024-11-26T03:00:00", detectors=range(3))
+    outcomes = services.messages(INGEST_OUTCOMES.name, 3)
+    assert [o["status"] for o in outcomes] == ["ingested"] * 3, services.logs()
+
+
+def test_bless_over_the_bus(services: Services) -> None:
+    with Butler.open(services.repo) as butler:
+        butler.registry.register_dataset_type(
+            DatasetType("bias", ("instrument", "detector"), "Json", True)
+        )
+        for det in (0, 1):
+            butler.put(
+                {"level": det},
+                "bias",
+                {"instrument": "SimCam", "detector": det},
+                "SimCam/calib/masters",
+            )
+    services.start("registry", "calib")
+    bless = [
+        sys.executable,
+        "-m",
+        "services.cli.main",
+        "bless",
+        str(services.repo),
+        "--collection",
+        "SimCam/calib/2024",
+        "--dataset-type",
+        "bias",
+        "--run",
+        "SimCam/calib/masters",
+        "--begin-date",
+        "2024-11-01",
+        "--timeout",
+        "120",
+    ]
+    first = subprocess.run(bless, env=services.env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr + services.logs()
+    assert "blessed into SimCam/calib/2024" in first.stdout
+    repeat = subprocess.run(bless, env=services.env, capture_output=True, text=True, timeout=300)
+    assert repeat.returncode == 0 and "0 validity range(s)" in repeat.stdout  # a no-op
+    overlapping = [*bless[:-3], "2024-12-01", *bless[-2:]]
+    second = subprocess.run(
+        overlapping, env=services.env, capture_output=True, text=True, timeout=300
+    )
+    assert second.returncode == 1
+    assert "blessing rejected [validity_overlap]" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
