@@ -4,8 +4,8 @@ VENV := .venv
 PYTEST_ARGS ?=
 
 REPO ?= repo
-LANDING ?= var/landing
 EXPOSURES ?= 2
+INTERVAL ?= 2
 
 .PHONY: venv postgres kafka run test lint clean-db clean-kafka
 
@@ -17,13 +17,12 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/python -m pip install -e '.[test]'
 	touch $@
 
-# The main job on the embedded default (SQLite + datastore in $(REPO)): a simulated SimCam
-# night lands in $(LANDING) and is ingested, then the registry is summarised.
+# The main job on the embedded default (SQLite + datastore in $(REPO), the local broker): the
+# four services start, a simulated SimCam night of $(EXPOSURES) exposures lands in
+# $(REPO)/landing every $(INTERVAL) s and is ingested; everything stops once every file has its
+# outcome. (`obsbus up $(REPO)` alone keeps running until Ctrl-C.)
 run: venv
-	test -f $(REPO)/obsbus.yaml || $(VENV)/bin/obsbus create $(REPO)
-	$(VENV)/bin/obsbus register-instrument $(REPO) SimCam HSC DECam
-	$(VENV)/bin/obsbus simcam generate $(LANDING) --exposures $(EXPOSURES)
-	$(VENV)/bin/obsbus ingest-raws $(REPO) $(LANDING)
+	$(VENV)/bin/obsbus up $(REPO) --simulate $(EXPOSURES) --interval $(INTERVAL) --exit-when-done
 	$(VENV)/bin/obsbus query-dimension-records $(REPO) exposure
 
 # Local PostgreSQL on 127.0.0.1 (data in var/postgres/); idempotent.

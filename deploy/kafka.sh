@@ -87,11 +87,32 @@ java_tool() {
         -Dobsbus.kafka.log.target=SYSTEM_ERR -cp "$LIB/*" "$@"
 }
 
+# Ports. Without OBSBUS_KAFKA_PORT, a taken default (e.g. another clone's broker still running
+# on this machine) moves this broker to the next free pair: `bootstrap` tells where it is.
+# The controller port is part of the formatted storage, so it is fixed from then on.
+choose_ports() {
+    local fixed="" p
+    if [[ -f "$BASE/controller.port" ]]; then CPORT="$(cat "$BASE/controller.port")"; fixed=1; fi
+    [[ -n "${OBSBUS_KAFKA_CONTROLLER_PORT:-}" ]] && fixed=1
+    if [[ -n "$fixed" ]] && port_open "$CPORT"; then
+        die "controller port $CPORT is taken by another program (stop it, or \`make clean-kafka\`)"
+    fi
+    for ((p = PORT; p <= PORT + 40; p += 2)); do
+        if ! port_open "$p" && { [[ -n "$fixed" ]] || ! port_open "$((p + 1))"; }; then
+            [[ "$p" == "$PORT" ]] || echo "kafka.sh: port $PORT is taken (another broker?); using $p" >&2
+            PORT="$p"
+            [[ -n "$fixed" ]] || CPORT="$((p + 1))"
+            return 0
+        fi
+        [[ -z "${OBSBUS_KAFKA_PORT:-}" ]] ||
+            die "port $PORT or $((PORT + 1)) is taken; choose another OBSBUS_KAFKA_PORT"
+    done
+    die "ports $PORT..$((PORT + 41)) are all taken; choose OBSBUS_KAFKA_PORT"
+}
+
 # server.properties from the template; storage formatted once with a cluster id kept in cluster.id.
 configure() {
     mkdir -p "$DATA"
-    # The controller's address is part of the formatted quorum: keep the one used at format time.
-    if [[ -f "$BASE/controller.port" ]]; then CPORT="$(cat "$BASE/controller.port")"; fi
     sed -e "s|@PORT@|$PORT|g" -e "s|@CONTROLLER_PORT@|$CPORT|g" -e "s|@DATA_DIR@|$DATA|g" \
         "$CONF/server.properties.in" >"$PROPS"
     [[ -f "$DATA/meta.properties" ]] && return 0
@@ -149,7 +170,7 @@ cmd_start() {
         echo "kafka.sh: already running at 127.0.0.1:$PORT (pid $pid)"
         return 0
     fi
-    port_open "$PORT" && die "port $PORT is taken by another program; choose OBSBUS_KAFKA_PORT"
+    choose_ports
     ensure_tools
     fetch_jars
     configure
