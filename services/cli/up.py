@@ -81,20 +81,29 @@ def service(
     return _Runnable(ServiceLoop(name, bus, group, topics, handler, status_file=status))
 
 
-def _start_broker(repo: Path) -> bool:
-    """Start the local broker unless one is configured; True if this call started it."""
+def _start_broker() -> bool:
+    """Start the local broker unless one is configured; True if this call started it.
+
+    The local broker's address is put in OBSBUS_KAFKA_BOOTSTRAP for this process and the
+    services it starts (deploy/kafka.sh may have moved to a free port).
+    """
     settings = KafkaSettings()
     if settings.bootstrap:
         wait_for_broker(settings.bootstrap, 60)
         return False
-    running = subprocess.run(["bash", str(KAFKA_SCRIPT), "status"], capture_output=True)
-    if running.returncode == 0:
-        return False
-    print("starting the local Kafka broker (deploy/kafka.sh)...", flush=True)
-    started = subprocess.run(["bash", str(KAFKA_SCRIPT), "start"], capture_output=True, text=True)
-    if started.returncode != 0:
-        raise BusError(f"could not start the local Kafka broker: {started.stderr.strip()[-300:]}")
-    return True
+    script = ["bash", str(KAFKA_SCRIPT)]
+    started = False
+    if subprocess.run([*script, "status"], capture_output=True).returncode != 0:
+        print("starting the local Kafka broker (deploy/kafka.sh)...", flush=True)
+        result = subprocess.run([*script, "start"], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise BusError(
+                f"could not start the local Kafka broker: {result.stderr.strip()[-300:]}"
+            )
+        started = True
+    address = subprocess.run([*script, "bootstrap"], capture_output=True, text=True)
+    os.environ["OBSBUS_KAFKA_BOOTSTRAP"] = address.stdout.strip()
+    return started
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -108,8 +117,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"created repository {repo} with SimCam, HSC and DECam", flush=True)
     watch = (args.watch or repo / "landing").resolve()
     watch.mkdir(parents=True, exist_ok=True)
+    started_broker = _start_broker()
     settings = KafkaSettings()
-    started_broker = _start_broker(repo)
     ensure_topics(settings.resolved_bootstrap(), settings.topics(), settings.replication)
     logs = repo / "var" / "log"
     logs.mkdir(parents=True, exist_ok=True)
