@@ -86,6 +86,7 @@ class ServiceLoop:
         while not stop.is_set():
             self.step(poll_s)
             if time.monotonic() - last_status > 1.0:
+                self.counters.lag = self.consumer.lag()
                 self.write_status()
                 last_status = time.monotonic()
         self.write_status()

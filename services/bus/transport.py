@@ -275,7 +275,7 @@ class KafkaTopicConsumer:
         if offsets:
             self._consumer.commit(
                 {
-                    KafkaPartition(t, p): OffsetAndMetadata(o, "", -1)
+                    KafkaPartition(self._ns + t, p): OffsetAndMetadata(o, "", -1)
                     for (t, p), o in offsets.items()
                 }
             )

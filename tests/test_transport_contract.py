@@ -1,0 +1,149 @@
+"""The transport contract, run against the in-memory bus and the real Kafka broker alike.
+
+Everything the service loop relies on: keyed ordering, consumer groups sharing partitions,
+commit-then-resume, seek, end offsets, and the loop's dead-lettering and retries.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from services.bus import codec
+from services.bus.admin import ensure_topics
+from services.bus.config import KafkaSettings
+from services.bus.runner import Incoming, Outgoing, ServiceLoop
+from services.bus.topics import ALL_TOPICS, DEAD_LETTERS, RAW_ARRIVALS, REGISTRY_EVENTS
+from services.bus.transport import Bus, Delivery, MemoryBus
+
+TOPIC = RAW_ARRIVALS.name  # 6 partitions
+
+
+@pytest.fixture(params=["memory", "kafka"])
+def bus(request: pytest.FixtureRequest) -> Iterator[Bus]:
+    if request.param == "memory":
+        yield MemoryBus({t.name: t.partitions for t in ALL_TOPICS})
+        return
+    bootstrap = os.environ.get("OBSBUS_TEST_KAFKA")
+    if not bootstrap:
+        if os.environ.get("CI"):
+            pytest.fail("OBSBUS_TEST_KAFKA is not set in CI: the Kafka tests must run")
+        pytest.skip("OBSBUS_TEST_KAFKA not set (run `make test`, which starts Kafka)")
+    settings = KafkaSettings(bootstrap=bootstrap, namespace=f"c{uuid.uuid4().hex[:10]}.")
+    ensure_topics(bootstrap, settings.topics())
+    kafka = settings.bus("contract")
+    yield kafka
+    kafka.close()
+
+
+def poll_all(consumer: Any, want: int, timeout_s: float = 60) -> list[Delivery]:
+    out: list[Delivery] = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < want and time.monotonic() < deadline:
+        out.extend(consumer.poll(0.5, 1000))
+    return out
+
+
+def send(bus: Bus, n: int, key: bytes | None = None, start: int = 0) -> None:
+    for i in range(start, start + n):
+        bus.send(TOPIC, key if key is not None else str(i).encode(), f"m{i}".encode())
+    bus.flush()
+
+
+def test_one_key_is_one_partition_in_order(bus: Bus) -> None:
+    send(bus, 30, key=b"HSC/904024")
+    consumer = bus.consumer(f"g{uuid.uuid4().hex}", [TOPIC])
+    got = poll_all(consumer, 30)
+    consumer.close()
+    assert {d.partition for d in got} == {got[0].partition}
+    assert [d.value for d in got] == [f"m{i}".encode() for i in range(30)]
+    assert sum(bus.end_offsets(TOPIC).values()) == 30
+
+
+def test_commit_then_a_new_member_resumes_after_it(bus: Bus) -> None:
+    group = f"g{uuid.uuid4().hex}"
+    send(bus, 20)
+    first = bus.consumer(group, [TOPIC])
+    got = poll_all(first, 20)
+    assert len(got) == 20
+    committed: dict[tuple[str, int], int] = {}
+    for d in got[:10]:  # commit only half
+        committed[(d.topic, d.partition)] = max(
+            committed.get((d.topic, d.partition), 0), d.offset + 1
+        )
+    first.commit(committed)
+    first.close()
+    expected = {d.value for d in got if d.offset >= committed.get((d.topic, d.partition), 0)}
+    second = bus.consumer(group, [TOPIC])
+    again = poll_all(second, len(expected), timeout_s=30)
+    second.close()
+    assert {d.value for d in again} == expected
+
+
+def test_seek_replays_from_an_offset(bus: Bus) -> None:
+    send(bus, 5, key=b"k")
+    consumer = bus.consumer(f"g{uuid.uuid4().hex}", [TOPIC])
+    got = poll_all(consumer, 5)
+    consumer.seek((TOPIC, got[0].partition), 3)
+    again = poll_all(consumer, 2)
+    consumer.close()
+    assert [d.value for d in again] == [b"m3", b"m4"]
+
+
+def test_the_loop_dead_letters_poison_and_keeps_the_rest(bus: Bus) -> None:
+    group = f"g{uuid.uuid4().hex}"
+
+    def handler(batch: Any) -> list[Outgoing]:
+        if any(item.value["path"] == "/poison" for item in batch):
+            raise RuntimeError("cannot handle /poison")
+        return [
+            Outgoing(REGISTRY_EVENTS.name, None, REGISTRY_EVENTS.record, event(i)) for i in batch
+        ]
+
+    for path in ("/a", "/poison", "/b"):
+        bus.send(TOPIC, b"folder", codec.encode(RAW_ARRIVALS.record, arrival(path)))
+    bus.send(TOPIC, b"folder", b"not avro at all")
+    bus.flush()
+    loop = ServiceLoop("contract", bus, group, [TOPIC], handler, retries=1, backoff_s=0.01)
+    deadline = time.monotonic() + 60
+    while loop.counters.consumed < 4 and time.monotonic() < deadline:
+        loop.step(0.5)
+    loop.consumer.close()
+    assert loop.counters.dead_lettered == 2 and loop.counters.retried >= 1
+    reader = bus.consumer(f"g{uuid.uuid4().hex}", [DEAD_LETTERS.name, REGISTRY_EVENTS.name])
+    out = [codec.decode(d.value) for d in poll_all(reader, 4)]
+    reader.close()
+    letters = [m.value for m in out if m.record_name == "DeadLetter"]
+    events = [m.value for m in out if m.record_name == "RegistryEvent"]
+    assert sorted(x["error_code"] for x in letters) == ["undecodable", "unexpected"]
+    assert sorted(e["file"] for e in events) == ["/a", "/b"]
+
+
+def arrival(path: str) -> dict[str, Any]:
+    return {
+        "arrival_id": str(uuid.uuid4()),
+        "path": path,
+        "folder": "/",
+        "size": 1,
+        "mtime_ns": 0,
+        "detected_at_ns": 0,
+        "watcher": "contract",
+    }
+
+
+def event(item: Incoming) -> dict[str, Any]:
+    return {
+        "command_id": item.value["arrival_id"],
+        "kind": "datasets-registered",
+        "reason": None,
+        "message": "",
+        "dataset_ids": [],
+        "records_inserted": 0,
+        "at_ns": 0,
+        "file": item.value["path"],
+    }
