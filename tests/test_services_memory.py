@@ -161,3 +161,53 @@ def test_blessing_request_certifies_or_is_refused(repo: Butler, tmp_path: Path) 
         Timespan.at("2025-01-01"),
     )
     assert found is not None and found.ref.run == "SimCam/calib/masters"
+
+
+def test_watcher_publishes_complete_files_once_across_restarts(tmp_path: Path) -> None:
+    from services.ingest.watcher import Watcher
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    bus = memory_bus()
+    watcher = Watcher(bus, [landing], "w1", settle_s=0.0)
+    partial = landing / "growing.fits"
+    partial.write_bytes(b"SIMPLE  =" + b" " * 1000)  # not a whole number of FITS blocks
+    (landing / "skipped.fits.part").write_bytes(b" " * 2880)
+    assert watcher.scan() == [] and watcher.scan() == []
+    partial.write_bytes(b"SIMPLE  =" + b" " * (2 * 2880 - 9))  # the writer finished
+    assert watcher.scan() == []  # first sight of the final size: wait one more look
+    (published,) = watcher.scan()
+    assert published["path"] == str(partial) and published["size"] == 2 * 2880
+    # A new watcher process with the same identity learns what was published and repeats none.
+    again = Watcher(bus, [landing], "w1", settle_s=0.0)
+    assert again.recover() == 1
+    assert again.scan() == [] and again.scan() == []
+    write_exposure(landing, 2, "2024-11-26T01:00:00", detectors=[0, 1])
+    again.scan()
+    assert len(again.scan()) == 2
+    assert len(bus.messages(RAW_ARRIVALS.name)) == 3
+
+
+def test_two_ingest_workers_share_the_partitions(repo: Butler, tmp_path: Path) -> None:
+    from services.bus.runner import ServiceLoop
+    from services.ingest.service import IngestHandler
+
+    landing = tmp_path / "landing"
+    bus = memory_bus()
+    pipeline = Pipeline(bus, repo, landing)
+    second = ServiceLoop(
+        "ingest-2",
+        bus,
+        pipeline.ingest.group,
+        [RAW_ARRIVALS.name],
+        IngestHandler(repo, name="ingest-2"),
+    )
+    pipeline.loops = (pipeline.ingest, second, pipeline.registry, pipeline.calib)
+    for seq in range(1, 5):  # four exposures: four landing folders, spread over partitions
+        write_exposure(landing, seq, f"2024-11-26T01:0{seq}:00", detectors=range(3))
+    pipeline.drain()
+    first_share, second_share = pipeline.ingest.consumer.assignment(), second.consumer.assignment()
+    assert first_share and second_share and first_share.isdisjoint(second_share)
+    assert len(first_share | second_share) == RAW_ARRIVALS.partitions
+    assert pipeline.ingest.counters.consumed + second.counters.consumed == 12
+    assert statuses(decoded(bus, INGEST_OUTCOMES.name)) == ["ingested"] * 12
