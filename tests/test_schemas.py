@@ -31,7 +31,6 @@ from services.core.errors import (
     UnencodableMessageError,
     UnknownSchemaError,
 )
-from services.core.timespan import Timespan
 
 REGISTRY = codec.default_registry()
 SCHEMA_FILES = sorted(
@@ -766,20 +765,6 @@ def test_bad_schema_folders(tmp_path: Path) -> None:
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def test_value_helpers() -> None:
-    assert uuid.UUID(codec.new_id()).version == 4
-    u = uuid.uuid4()
-    assert codec.uuid_text(u) == str(u) == codec.uuid_text(str(u).upper())
-    with pytest.raises(UnencodableMessageError, match="'nope' is not a UUID"):
-        codec.uuid_text("nope")
-    span = Timespan(NS_2024, None)
-    assert codec.timespan_value(span) == {"begin_ns": NS_2024, "end_ns": None}
-    assert codec.timespan_value((1, 2)) == {"begin_ns": 1, "end_ns": 2}
-    assert codec.timespan_value(None) is None
-    assert codec.timespan_bounds(codec.timespan_value(span)) == (NS_2024, None)
-    assert codec.timespan_bounds(None) is None
 
 
 def test_nullable_fields_explain_their_inner_problem() -> None:
