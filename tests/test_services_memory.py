@@ -211,3 +211,53 @@ def test_two_ingest_workers_share_the_partitions(repo: Butler, tmp_path: Path) -
     assert len(first_share | second_share) == RAW_ARRIVALS.partitions
     assert pipeline.ingest.counters.consumed + second.counters.consumed == 12
     assert statuses(decoded(bus, INGEST_OUTCOMES.name)) == ["ingested"] * 12
+
+
+def test_a_rejected_command_does_not_undo_the_rest_of_its_batch(
+    repo: Butler, tmp_path: Path
+) -> None:
+    import copy
+
+    from services.bus.runner import Incoming
+    from services.bus.transport import Delivery
+    from services.ingest.service import IngestHandler
+    from services.registry.service import RegistryHandler
+
+    files = write_exposure(tmp_path / "landing", 1, "2024-11-26T01:00:00", detectors=[0, 1])
+    ingest = IngestHandler(repo)
+    commands = [
+        ingest.handle(
+            {
+                "arrival_id": str(uuid.uuid4()),
+                "path": str(f),
+                "folder": "x",
+                "size": 1,
+                "mtime_ns": 0,
+                "detected_at_ns": 0,
+                "watcher": "t",
+            }
+        ).value
+        for f in sorted(files)
+    ]
+    handler = RegistryHandler(repo.registry, "test")
+
+    def incoming(value: dict[str, object], offset: int) -> Incoming:
+        data = codec.encode("RegistryCommand", value)
+        return Incoming(
+            Delivery(REGISTRY_COMMANDS.name, 0, offset, b"k", data, 0),
+            "RegistryCommand",
+            codec.decode(data).value,
+        )
+
+    handler([incoming(commands[1], 0)])  # detector 1 first, on its own
+    forged = copy.deepcopy(commands[1])
+    forged["command_id"] = str(uuid.uuid4())
+    forged["body"][1]["datasets"][0]["checksum"] = "blake2b:" + "0" * 64
+    out = handler([incoming(commands[0], 1), incoming(forged, 2)])
+    outcomes = [o.value for o in out if o.topic == INGEST_OUTCOMES.name]
+    assert [(o["status"], o["reason"]) for o in outcomes] == [
+        ("ingested", None),
+        ("failed", "file_conflict"),
+    ]
+    refs = repo.registry.query_datasets("raw", ["SimCam/raw/all"])
+    assert sorted(ref.data_id["detector"] for ref, _ in refs) == [0, 1]

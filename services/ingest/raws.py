@@ -267,28 +267,30 @@ class RawIngester:
         """Land prepared files of one exposure: records, datasets and files, all or nothing."""
         registry = self.butler.registry
         run = self.run or batch[0].instrument.raw_run()
-        outcomes = []
         with self.butler.datastore.transaction() as files, registry.transaction():
             self._applier.new_batch()
+            commands = []
             for prepared in batch:
                 refs = raw_refs(registry, prepared, run)
                 stored = transfer_file(files, prepared, refs, self.transfer)
-                command = to_command(prepared, run, refs, stored)
-                result = self._applier.apply(command)
-                outcomes.append(
-                    IngestOutcome(
-                        str(prepared.path),
-                        result.status,
-                        instrument=prepared.instrument.name,
-                        exposure=prepared.exposure["id"],
-                        detectors=[d.detector for d in prepared.datasets],
-                        dataset_ids=[str(r.id) for r in refs],
-                        swaps=result.swaps,
-                        message=f"{len(refs)} dataset(s) into {run}"
-                        if result.status == "ingested"
-                        else "",
-                    )
+                commands.append(to_command(prepared, run, refs, stored))
+            results = self._applier.apply_many(commands)
+        outcomes = []
+        for prepared, command, result in zip(batch, commands, results, strict=True):
+            outcomes.append(
+                IngestOutcome(
+                    str(prepared.path),
+                    result.status,
+                    instrument=prepared.instrument.name,
+                    exposure=prepared.exposure["id"],
+                    detectors=[d.detector for d in prepared.datasets],
+                    dataset_ids=[str(r.id) for r in command.datasets],
+                    swaps=result.swaps,
+                    message=f"{len(command.datasets)} dataset(s) into {run}"
+                    if result.status == "ingested"
+                    else "",
                 )
+            )
         return outcomes
 
 

@@ -95,9 +95,10 @@ class IngestApplier:
         self._synced: dict[tuple[str, str], Record] = {}
         self._instruments: set[str] = set()
         self._dataset_types: set[DatasetType] = set()
-        registry.db.on_rollback(self._forget)
+        registry.db.on_rollback(self.forget)
 
-    def _forget(self) -> None:
+    def forget(self) -> None:
+        """Call when a (sub)transaction this applier worked in was rolled back."""
         # What this applier learnt inside a failed transaction may not be in the database.
         self._instruments.clear()
         self._dataset_types.clear()
@@ -107,28 +108,43 @@ class IngestApplier:
         self._synced.clear()
 
     def apply(self, cmd: IngestRaw) -> IngestResult:
+        return self.apply_many([cmd])[0]
+
+    def apply_many(self, cmds: Sequence[IngestRaw]) -> list[IngestResult]:
+        """Apply several IngestRaw commands together (in the caller's transaction).
+
+        An exposure's files share their records, and their datasets go in with one insert:
+        per-file costs stay small. Raises on the first rejected command; callers that need
+        to isolate it apply the commands one by one.
+        """
         registry = self.registry
-        self._check_registered(cmd.instrument)
-        for ref in cmd.datasets:
-            if ref.dataset_type not in self._dataset_types:  # e.g. "raw", on first use
-                registry.register_dataset_type(ref.dataset_type)
-                self._dataset_types.add(ref.dataset_type)
-        result = IngestResult("ingested")
-        for element, record in cmd.records:
-            key = (element, repr(sorted((k, record[k]) for k in _key_columns(registry, element))))
-            if self._synced.get(key) == record:
+        results = [IngestResult("ingested") for _ in cmds]
+        for cmd, result in zip(cmds, results, strict=True):
+            self._check_registered(cmd.instrument)
+            for ref in cmd.datasets:
+                if ref.dataset_type not in self._dataset_types:  # e.g. "raw", on first use
+                    registry.register_dataset_type(ref.dataset_type)
+                    self._dataset_types.add(ref.dataset_type)
+            for element, record in cmd.records:
+                columns = _key_columns(registry, element)
+                key = (element, repr(sorted((k, record[k]) for k in columns)))
+                if self._synced.get(key) == record:
+                    continue
+                inserted = registry.sync_dimension_record(element, record) == "inserted"
+                result.records_inserted += inserted
+                self._synced[key] = record
+        self._record_installations(cmds, results)
+        outcomes = registry.insert_datasets([ref for cmd in cmds for ref in cmd.datasets])
+        stored: list[StoredFile] = []
+        for cmd, result in zip(cmds, results, strict=True):
+            mine, outcomes = outcomes[: len(cmd.datasets)], outcomes[len(cmd.datasets) :]
+            if "inserted" not in mine:
+                self._check_same_file(cmd)
+                result.status, result.swaps = "already-present", []
                 continue
-            result.records_inserted += registry.sync_dimension_record(element, record) == "inserted"
-            self._synced[key] = record
-        self._record_installations(cmd, result)
-        outcomes = registry.insert_datasets(list(cmd.datasets))
-        if "inserted" not in outcomes:
-            self._check_same_file(cmd)
-            return IngestResult("already-present")
-        registry.store_files(
-            [s for s, o in zip(cmd.stored, outcomes, strict=True) if o == "inserted"]
-        )
-        return result
+            stored.extend(s for s, o in zip(cmd.stored, mine, strict=True) if o == "inserted")
+        registry.store_files(stored)
+        return results
 
     def _check_registered(self, instrument: str) -> None:
         if instrument in self._instruments:
@@ -140,20 +156,27 @@ class IngestApplier:
             )
         self._instruments.add(instrument)
 
-    def _record_installations(self, cmd: IngestRaw, result: IngestResult) -> None:
+    def _record_installations(
+        self, cmds: Sequence[IngestRaw], results: Sequence[IngestResult]
+    ) -> None:
+        """Record the device each header names in its slot; a new one is a swap to report."""
         registry = self.registry
-        by_time: dict[tuple[str, int], list[Installation]] = {}
-        for inst in cmd.installations:
-            by_time.setdefault((inst.instrument, inst.since_ns), []).append(inst)
+        by_time: dict[tuple[str, int], list[tuple[Installation, IngestResult]]] = {}
+        for cmd, result in zip(cmds, results, strict=True):
+            for inst in cmd.installations:
+                by_time.setdefault((inst.instrument, inst.since_ns), []).append((inst, result))
         for (instrument, since), group in by_time.items():
-            installed = registry.installed_detectors(instrument, [i.detector for i in group], since)
-            for inst in group:
+            installed = registry.installed_detectors(
+                instrument, [i.detector for i, _ in group], since
+            )
+            for inst, result in group:
                 previous = installed.get(inst.detector)
                 if previous == inst.serial:
                     continue
                 outcome = registry.record_installation(
                     instrument, inst.detector, inst.serial, since
                 )
+                installed[inst.detector] = inst.serial
                 if outcome == "swapped":
                     result.swaps.append(
                         {

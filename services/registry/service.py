@@ -23,7 +23,7 @@ from ..core.errors import ObsbusError
 from ..core.timespan import now_ns
 from ..ingest.raws import IngestOutcome
 from ..ingest.service import exposure_key, outcome_value
-from .commands import Certify, Decertify, IngestApplier, IngestRaw, apply_command
+from .commands import Certify, Decertify, IngestApplier, IngestRaw, IngestResult, apply_command
 from .registry import Registry
 from .schema import build_metadata
 
@@ -36,33 +36,79 @@ class RegistryHandler:
         self._processed = build_metadata(registry.universe).tables["bus_processed"]
 
     def __call__(self, batch: Sequence[Incoming]) -> list[Outgoing]:
-        outputs: list[Outgoing] = []
+        produced: dict[int, list[Outgoing]] = {}
         with self.registry.transaction() as conn:
             self.applier.new_batch()
             done = self._already_processed(conn, batch)
-            rows = []
-            for item in batch:
+            todo = []
+            for i, item in enumerate(batch):
                 d = item.delivery
                 previous = done.get((d.topic, d.partition, d.offset))
                 if previous is not None:
-                    outputs.extend(previous)
-                    continue
-                with conn.begin_nested():
-                    produced = self._apply(item)
-                outputs.extend(produced)
-                rows.append(
-                    {
-                        "consumer_group": self.group,
-                        "topic": d.topic,
-                        "partition": d.partition,
-                        "offset": d.offset,
-                        "processed_at": now_ns(),
-                        "outputs": json.dumps([_dump(o) for o in produced]).encode(),
-                    }
-                )
+                    produced[i] = previous  # applied before: send the same answers again
+                else:
+                    todo.append(i)
+            produced.update(self._ingest_together(conn, [(i, batch[i]) for i in todo]))
+            for i in todo:
+                if i not in produced:
+                    produced[i] = self._in_savepoint(conn, batch[i])
+            rows = [
+                {
+                    "consumer_group": self.group,
+                    "topic": batch[i].delivery.topic,
+                    "partition": batch[i].delivery.partition,
+                    "offset": batch[i].delivery.offset,
+                    "processed_at": now_ns(),
+                    "outputs": json.dumps([_dump(o) for o in produced[i]]).encode(),
+                }
+                for i in todo
+            ]
             if rows:
                 conn.execute(self._processed.insert(), rows)
-        return outputs
+        return [out for i in range(len(batch)) for out in produced[i]]
+
+    def _in_savepoint(self, conn: Any, item: Incoming) -> list[Outgoing]:
+        savepoint = conn.begin_nested()
+        try:
+            out = self._apply(item)
+        except BaseException:
+            savepoint.rollback()
+            self.applier.forget()
+            raise
+        if any(o.value.get("kind") == "command-rejected" for o in out):
+            savepoint.rollback()  # a rejected command leaves nothing behind
+            self.applier.forget()
+        else:
+            savepoint.commit()
+        return out
+
+    def _ingest_together(
+        self, conn: Any, items: list[tuple[int, Incoming]]
+    ) -> dict[int, list[Outgoing]]:
+        """All IngestRaw commands of the batch in one go; {} if any is rejected (then each is
+        applied on its own, so only that one is refused)."""
+        commands = []
+        for i, item in items:
+            try:
+                cmd = command_from(item.value)
+            except ObsbusError:
+                continue
+            if isinstance(cmd, IngestRaw):
+                commands.append((i, item, cmd))
+        if len(commands) < 2:
+            return {}
+        savepoint = conn.begin_nested()
+        try:
+            results = self.applier.apply_many([cmd for _, _, cmd in commands])
+        except ObsbusError:
+            savepoint.rollback()
+            self.applier.forget()
+            return {}
+        savepoint.commit()
+        return {
+            i: self._ingested(cmd, item, result)
+            for (i, item, cmd), result in zip(commands, results, strict=True)
+        }
 
     def _already_processed(
         self, conn: Any, batch: Sequence[Incoming]
@@ -84,7 +130,7 @@ class RegistryHandler:
         try:
             cmd = command_from(value)
             if isinstance(cmd, IngestRaw):
-                return self._ingest(cmd, value, key)
+                return self._ingest(cmd, item, key)
             changed = apply_command(self.registry, cmd)
         except ObsbusError as err:
             return self._rejected(value, key, err)
@@ -103,24 +149,24 @@ class RegistryHandler:
             )
         return out
 
-    def _ingest(self, cmd: IngestRaw, value: dict[str, Any], key: str | None) -> list[Outgoing]:
-        body = value["body"][1] if isinstance(value["body"], tuple) else value["body"]
-        arrival = None
-        if body.get("arrival_id") is not None:
-            arrival = {"arrival_id": body["arrival_id"], "detected_at_ns": body["detected_at_ns"]}
+    def _ingest(self, cmd: IngestRaw, item: Incoming, key: str | None) -> list[Outgoing]:
         try:
             result = self.applier.apply(cmd)
         except ObsbusError as err:
             outcome = IngestOutcome(cmd.file, "failed", err.code, str(err))
             return [
-                *self._rejected(value, key, err, file=cmd.file),
+                *self._rejected(item.value, key, err, file=cmd.file),
                 Outgoing(
                     INGEST_OUTCOMES.name,
                     key,
                     INGEST_OUTCOMES.record,
-                    outcome_value(outcome, arrival),
+                    outcome_value(outcome, _arrival(item.value)),
                 ),
             ]
+        return self._ingested(cmd, item, result)
+
+    def _ingested(self, cmd: IngestRaw, item: Incoming, result: IngestResult) -> list[Outgoing]:
+        key = None if item.delivery.key is None else item.delivery.key.decode()
         exposure = int(cmd.datasets[0].data_id["exposure"])
         outcome = IngestOutcome(
             cmd.file,
@@ -133,7 +179,7 @@ class RegistryHandler:
         )
         kind = "datasets-registered" if result.status == "ingested" else "already-present"
         event = self._event(
-            value["command_id"],
+            item.value["command_id"],
             key or exposure_key(cmd.instrument, exposure),
             kind,
             f"{len(cmd.datasets)} dataset(s) in {cmd.run}",
@@ -144,7 +190,10 @@ class RegistryHandler:
         return [
             event,
             Outgoing(
-                INGEST_OUTCOMES.name, key, INGEST_OUTCOMES.record, outcome_value(outcome, arrival)
+                INGEST_OUTCOMES.name,
+                key,
+                INGEST_OUTCOMES.record,
+                outcome_value(outcome, _arrival(item.value)),
             ),
         ]
 
@@ -221,6 +270,14 @@ class RegistryHandler:
                 "at_ns": now_ns(),
             },
         )
+
+
+def _arrival(value: dict[str, Any]) -> dict[str, Any] | None:
+    """The RawArrival an IngestRaw command answers, if it carried one."""
+    body = value["body"][1] if isinstance(value["body"], tuple) else value["body"]
+    if body.get("arrival_id") is None:
+        return None
+    return {"arrival_id": body["arrival_id"], "detected_at_ns": body["detected_at_ns"]}
 
 
 def _dump(o: Outgoing) -> dict[str, Any]:
