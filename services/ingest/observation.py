@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from astro_metadata_translator import ObservationInfo
@@ -57,15 +58,22 @@ def _str(value: Any) -> str | None:
 def day_obs_record(instrument: str, info: ObservationInfo) -> Record | None:
     if info.observing_day is None:
         return None
-    day = str(int(info.observing_day))
-    start = Time(f"{day[:4]}-{day[4:6]}-{day[6:]}T00:00:00", scale="tai")
-    if info.observing_day_offset is not None:
-        start = start + info.observing_day_offset
+    offset = info.observing_day_offset
+    offset_s = 0.0 if offset is None else float(offset.to_value("s"))
     return {
         "instrument": instrument,
         "id": int(info.observing_day),
-        "timespan": Timespan.from_times(start, start + TimeDelta(1, format="jd")),
+        "timespan": _day_timespan(int(info.observing_day), offset_s),
     }
+
+
+@functools.lru_cache(maxsize=64)
+def _day_timespan(day_obs: int, offset_s: float) -> Timespan:
+    # Every file of a night asks for the same day: astropy Time work once per night.
+    day = str(day_obs)
+    start = Time(f"{day[:4]}-{day[4:6]}-{day[6:]}T00:00:00", scale="tai")
+    start = start + TimeDelta(offset_s, format="sec")
+    return Timespan.from_times(start, start + TimeDelta(1, format="jd"))
 
 
 def group_record(instrument: str, info: ObservationInfo) -> Record | None:
