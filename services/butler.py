@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import Connection
-
 from .core.config import (
     CONFIG_NAME,
     SQLITE_NAME,
@@ -25,8 +23,7 @@ from .core.config import (
     read_config,
     write_config,
 )
-from .core.dimensions import DataId
-from .core.errors import DatasetNotFoundError, ObsbusError, UnregisteredDataIdError
+from .core.errors import DatasetNotFoundError, ObsbusError
 from .core.timespan import Timespan
 from .datastore.datastore import FileDatastore, StoredFile
 from .registry.datasets import DatasetRef, DatasetType, IdGenerationMode, InsertOutcome
@@ -141,8 +138,7 @@ class Butler:
         without its dimension record is an `UnregisteredDataIdError` whose ``index`` is the
         position of the file in ``files``.
         """
-        with self.datastore.transaction() as files_txn, self.registry.transaction() as conn:
-            self._check_registered(conn, [f.ref.data_id for f in files])
+        with self.datastore.transaction() as files_txn, self.registry.transaction():
             outcomes = self.registry.insert_datasets([f.ref for f in files])
             stored = [
                 files_txn.ingest(
@@ -160,27 +156,6 @@ class Butler:
             ]
             self.registry.store_files(stored)
         return outcomes
-
-    def _check_registered(self, conn: Connection, data_ids: Sequence[DataId]) -> None:
-        """Refuse the first data ID with a value that has no dimension record, naming its
-        position (``Registry.insert_datasets`` checks too, but cannot say which one it was)."""
-        universe, records = self.registry.universe, self.registry.records
-        for dim in universe.closure(d for data_id in data_ids for d in data_id):
-            element = universe[dim]
-            assert element.key is not None
-            keys = {
-                i: {**{d: data_id[d] for d in element.requires}, element.key.name: data_id[dim]}
-                for i, data_id in enumerate(data_ids)
-                if dim in data_id
-            }
-            found = records.fetch_many(conn, dim, list(keys.values()))
-            for i, key in keys.items():
-                if tuple(key[c] for c in element.key_columns) not in found:
-                    raise UnregisteredDataIdError(
-                        f"data ID value {dim}={key[element.key.name]!r} is not registered "
-                        f"(no {dim} record for {key}); register it first",
-                        index=i,
-                    )
 
     def put(
         self,

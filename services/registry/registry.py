@@ -20,10 +20,10 @@ from ..core.dimensions import DataId, DimensionUniverse, default_universe
 from ..core.errors import (
     CalibrationAmbiguityError,
     CollectionTypeError,
-    DataIdError,
     ExpressionError,
     NotACalibrationError,
     RecordNotFoundError,
+    UnregisteredDataIdError,
 )
 from ..core.timespan import Timespan
 from ..datastore.datastore import StoredFile
@@ -321,11 +321,11 @@ class Registry:
             for i, ref in enumerate(refs):
                 by_run.setdefault(ref.run, []).append(i)
             results: dict[int, InsertOutcome] = {}
+            self._check_data_ids_registered(conn, refs)
             for run, idxs in by_run.items():
                 run_col, _ = self.collections.register(conn, run, CollectionType.RUN)
                 run_col.check_writable("add datasets")
                 group = [refs[i] for i in idxs]
-                self._check_data_ids_registered(conn, group)
                 for i, outcome in zip(
                     idxs, self.datasets.insert(conn, run_col.id, group), strict=True
                 ):
@@ -334,21 +334,26 @@ class Registry:
         return outcomes
 
     def _check_data_ids_registered(self, conn: Connection, refs: Sequence[DatasetRef]) -> None:
-        """Every dimension value of a dataset must have its record (the registry's integrity)."""
+        """Every dimension value of a dataset must have its record (the registry's integrity).
+
+        The error's ``index`` is the position of the first offending ref, so callers can name
+        their own input (e.g. the row of an ingest table).
+        """
         for dim in self.universe.closure(d for r in refs for d in r.data_id):
             element = self.universe[dim]
             assert element.key is not None
-            keys = [
-                {**{d: r.data_id[d] for d in element.requires}, element.key.name: r.data_id[dim]}
-                for r in refs
+            keys = {
+                i: {**{d: r.data_id[d] for d in element.requires}, element.key.name: r.data_id[dim]}
+                for i, r in enumerate(refs)
                 if dim in r.data_id
-            ]
-            found = self.records.fetch_many(conn, dim, keys)
-            for key in keys:
+            }
+            found = self.records.fetch_many(conn, dim, list(keys.values()))
+            for i, key in keys.items():
                 if tuple(key[c] for c in element.key_columns) not in found:
-                    raise DataIdError(
+                    raise UnregisteredDataIdError(
                         f"data ID value {dim}={key[element.key.name]!r} is not registered "
-                        f"(no {dim} record for {key}); register it first"
+                        f"(no {dim} record for {key}); register it first",
+                        index=i,
                     )
 
     def get_dataset(self, dataset_id: uuid.UUID) -> DatasetRef:
