@@ -199,3 +199,16 @@ def test_query_datasets_where_and_find_first(butler: Butler, tmp_path: Path) -> 
         keys("visit = 3")
     with pytest.raises(ExpressionError, match="band is not a dimension of note"):
         keys("band.name = 'g'")
+
+
+def test_one_insert_of_datasets_with_different_dimensions(butler: Butler, tmp_path: Path) -> None:
+    registry = butler.registry
+    registry.register_dataset_type(DatasetType("camera", ("instrument",), "StructuredDataDict"))
+    registry.register_dataset_type(BIAS)
+    src = write_yaml(tmp_path / "x.yaml", {})
+    camera = registry.make_ref("camera", {"instrument": "DummyCam"}, "r")
+    bias = registry.make_ref("bias", {"instrument": "DummyCam", "detector": 2}, "r")
+    butler.ingest([FileToIngest(src, camera), FileToIngest(src, bias)])
+    (found,) = registry.query_datasets("bias", ["r"])
+    assert found[0].data_id == {"instrument": "DummyCam", "detector": 2}
+    assert registry.query_datasets("bias", ["r"], "detector = 2") != []

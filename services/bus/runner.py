@@ -5,6 +5,9 @@ Kafka. This loop owns everything else, once, for every service:
 - undecodable bytes go to the dead-letter topic with their origin and the error;
 - a failing batch is retried with bounded exponential backoff, then split message by
   message so one poison message is dead-lettered and the rest go on;
+- but when the database or the broker is unavailable, nothing is dead-lettered or
+  committed: the batch is read again once they are back (a poison message is one that fails
+  on its own, an outage fails everything);
 - outputs are flushed (acknowledged) before offsets are committed, so nothing is lost:
   delivery is at least once, and handlers make the effect exactly once.
 """
@@ -22,7 +25,12 @@ from typing import Any
 
 import structlog
 
-from ..core.errors import ObsbusError, UndecodableMessageError
+from ..core.errors import (
+    BusError,
+    DatabaseUnavailableError,
+    ObsbusError,
+    UndecodableMessageError,
+)
 from ..core.timespan import now_ns
 from . import codec
 from .topics import DEAD_LETTERS
@@ -108,21 +116,45 @@ class ServiceLoop:
                 outputs.append(self._dead_letter(d, err))
                 continue
             incoming.append(Incoming(d, message.record_name, message.value))
-        outputs.extend(self._handle(incoming))
-        for out in outputs:
-            key = None if out.key is None else out.key.encode()
-            self.bus.send(out.topic, key, codec.encode(out.record, out.value))
-        self.bus.flush()
+        try:
+            outputs.extend(self._handle(incoming))
+        except DatabaseUnavailableError as err:
+            self._rewind(deliveries, err)
+            return 0
+        encoded = [
+            (o.topic, None if o.key is None else o.key.encode(), codec.encode(o.record, o.value))
+            for o in outputs
+        ]
+        try:
+            for topic, key, value in encoded:
+                self.bus.send(topic, key, value)
+            self.bus.flush()
+        except BusError as err:  # not acknowledged: handle again (handlers are idempotent)
+            self._rewind(deliveries, err)
+            return 0
         self.consumer.commit(_next_offsets(deliveries))
         self.counters.consumed += len(deliveries)
         self.counters.produced += len(outputs)
         return len(deliveries)
+
+    def _rewind(self, deliveries: Sequence[Delivery], err: Exception) -> None:
+        """Read these messages again later: their effects did not happen."""
+        first: dict[TopicPartition, int] = {}
+        for d in deliveries:
+            tp = (d.topic, d.partition)
+            first[tp] = min(first.get(tp, d.offset), d.offset)
+        for tp, offset in first.items():
+            self.consumer.seek(tp, offset)
+        log.warning("outage: will read the batch again", service=self.name, error=str(err))
+        time.sleep(self.max_backoff_s)
 
     def _handle(self, batch: list[Incoming]) -> list[Outgoing]:
         if not batch:
             return []
         try:
             return self._with_retries(batch)
+        except DatabaseUnavailableError:
+            raise  # an outage, not a poison message
         except Exception as err:
             if len(batch) == 1:
                 self.counters.failed += 1

@@ -33,7 +33,13 @@ def add_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--watch", type=Path, nargs="+", default=[], metavar="DIR", help="landing folders (watcher)"
     )
-    p.add_argument("--transfer", default="copy", help="datastore transfer mode (ingest)")
+    # No "move": a redelivered arrival must still find its file in the landing folder.
+    p.add_argument(
+        "--transfer",
+        default="copy",
+        choices=["copy", "hardlink", "symlink", "direct"],
+        help="datastore transfer mode (ingest)",
+    )
     p.add_argument("--name", help="instance name (default: the service name)")
     p.set_defaults(func=cmd_serve)
 

@@ -15,7 +15,14 @@ from collections.abc import Sequence
 
 from ..core.errors import ObsbusError
 from ..instruments.simcam import cli as simcam_cli
-from . import bus_commands, calib_commands, ingest_commands, query_commands, repo_commands
+from . import (
+    bus_commands,
+    calib_commands,
+    curated_commands,
+    ingest_commands,
+    query_commands,
+    repo_commands,
+)
 
 PROG = "obsbus"
 
@@ -39,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         ingest_commands,
         query_commands,
         calib_commands,
+        curated_commands,
         bus_commands,
         simcam_cli,
     ):

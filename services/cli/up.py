@@ -115,20 +115,33 @@ def cmd_up(args: argparse.Namespace) -> int:
             for name in ("SimCam", "HSC", "DECam"):
                 load_instrument(name).register(butler.registry)
         print(f"created repository {repo} with SimCam, HSC and DECam", flush=True)
+    running = _recorded_pids(repo)
+    if any(_alive(pid) for pid in running.values()):
+        raise ConfigError(
+            f"services already run for {repo} (pids {sorted(running.values())}); "
+            "`obsbus down REPO` stops them"
+        )
     watch = (args.watch or repo / "landing").resolve()
     watch.mkdir(parents=True, exist_ok=True)
     started_broker = _start_broker()
-    settings = KafkaSettings()
-    ensure_topics(settings.resolved_bootstrap(), settings.topics(), settings.replication)
-    logs = repo / "var" / "log"
-    logs.mkdir(parents=True, exist_ok=True)
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    for name in SERVICE_NAMES:
-        argv = [sys.executable, "-m", "services.cli.main", "serve", name, str(repo)]
-        if name == "watcher":
-            argv += ["--watch", str(watch)]
-        with (logs / f"{name}.log").open("ab") as log:
-            procs[name] = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+    try:
+        settings = KafkaSettings()
+        ensure_topics(settings.resolved_bootstrap(), settings.topics(), settings.replication)
+        logs = repo / "var" / "log"
+        logs.mkdir(parents=True, exist_ok=True)
+        for name in SERVICE_NAMES:
+            argv = [sys.executable, "-m", "services.cli.main", "serve", name, str(repo)]
+            if name == "watcher":
+                argv += ["--watch", str(watch)]
+            with (logs / f"{name}.log").open("ab") as log:
+                procs[name] = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+    except BaseException:
+        for proc in procs.values():  # leave nothing running behind a failed start
+            proc.terminate()
+        if started_broker:
+            subprocess.run(["bash", str(KAFKA_SCRIPT), "stop"], capture_output=True)
+        raise
     (run_dir(repo) / "up.json").write_text(
         json.dumps(
             {
@@ -235,12 +248,22 @@ def _statuses(repo: Path) -> dict[str, dict[str, Any]]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` is still one of our service processes (pids are reused after exit)."""
+    proc = Path(f"/proc/{pid}")
     try:
-        os.kill(pid, 0)
+        stat = (proc / "stat").read_text()
+        cmdline = (proc / "cmdline").read_bytes()
     except OSError:
         return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith(("Z", "X")))
+    return b"services.cli.main" in cmdline and not stat.split(") ")[-1].startswith(("Z", "X"))
+
+
+def _recorded_pids(repo: Path) -> dict[str, int]:
+    state_file = run_dir(repo) / "up.json"
+    if not state_file.exists():
+        return {}
+    pids: dict[str, int] = json.loads(state_file.read_text())["pids"]
+    return pids
 
 
 def _stop(repo: Path) -> list[str]:

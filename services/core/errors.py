@@ -46,6 +46,12 @@ class DatabaseError(ObsbusError):
     code = "database"
 
 
+class DatabaseUnavailableError(DatabaseError):
+    """The database could not be reached or was busy: trying again later may work."""
+
+    code = "database_unavailable"
+
+
 # --- dimensions and data IDs ------------------------------------------------------------------
 
 

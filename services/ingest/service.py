@@ -55,8 +55,14 @@ class IngestHandler:
             refs = raw_refs(self.butler.registry, prepared, run)
             with self.butler.datastore.transaction() as files:
                 stored = transfer_file(files, prepared, refs, self.transfer)
-        except ObsbusError as err:
-            failed = IngestOutcome(str(path), "failed", err.code, str(err))
+        except Exception as err:  # every file gets an outcome, whatever went wrong
+            code = err.code if isinstance(err, ObsbusError) else "unexpected"
+            failed = IngestOutcome(
+                str(path),
+                "failed",
+                code,
+                f"{path}: {err}" if not isinstance(err, ObsbusError) else str(err),
+            )
             return Outgoing(
                 INGEST_OUTCOMES.name,
                 arrival["folder"],

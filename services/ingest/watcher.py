@@ -26,6 +26,7 @@ import structlog
 from ..bus import codec
 from ..bus.topics import RAW_ARRIVALS
 from ..bus.transport import Bus
+from ..core.errors import UndecodableMessageError
 from ..core.timespan import now_ns
 from .raws import RAW_SUFFIXES
 
@@ -59,19 +60,21 @@ class Watcher:
 
     def recover(self) -> int:
         """Learn from the arrivals topic what this watcher already published."""
-        ends = self.bus.end_offsets(RAW_ARRIVALS.name)
+        ends = {p: end for p, end in self.bus.end_offsets(RAW_ARRIVALS.name).items() if end}
         consumer = self.bus.consumer(f"watcher-recover-{uuid.uuid4().hex}", [RAW_ARRIVALS.name])
+        reached: dict[int, int] = {}
         try:
-            seen = 0
-            while True:
-                batch = consumer.poll(0.5, 5000)
-                for d in batch:
-                    value = codec.decode(d.value).value
+            # Read until every partition is at the end it had when we started (offsets, not
+            # message counts: a topic may not start at offset 0).
+            while any(reached.get(p, 0) < end for p, end in ends.items()):
+                for d in consumer.poll(0.5, 5000):
+                    reached[d.partition] = d.offset + 1
+                    try:
+                        value = codec.decode(d.value).value
+                    except UndecodableMessageError:
+                        continue  # not ours to publish again; the services dead-letter it
                     if value["watcher"] == self.watcher_id:
                         self._published.add((value["path"], value["size"], value["mtime_ns"]))
-                    seen += 1
-                if not batch and (seen >= sum(ends.values()) or not ends):
-                    break
         finally:
             consumer.close()
         log.info("watcher recovered", watcher=self.watcher_id, published=len(self._published))
@@ -95,7 +98,10 @@ class Watcher:
         arrivals = []
         present = set()
         for entry in self._files():
-            st = entry.stat()
+            try:
+                st = entry.stat()
+            except FileNotFoundError:  # renamed or cleaned up since the directory was read
+                continue
             present.add(entry.path)
             ident = (entry.path, st.st_size, st.st_mtime_ns)
             if ident in self._published:

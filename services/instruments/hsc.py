@@ -99,6 +99,7 @@ class HyperSuprimeCam(Instrument):
     exposure_max = 21474800
     visit_max = 21474800
     translator = HscTranslator
+    curated_calibrations = "services.instruments:_curated_hsc"
 
     @classmethod
     def raw_formatter(cls, data_id: Mapping[str, Any]) -> type[Formatter]:

@@ -98,7 +98,13 @@ class IngestApplier:
         registry.db.on_rollback(self.forget)
 
     def forget(self) -> None:
-        """Call when a (sub)transaction this applier worked in was rolled back."""
+        """Call when a (sub)transaction this applier worked in was rolled back.
+
+        The registry's own caches (dataset type ids, collections) are dropped too: what they
+        learnt inside the rolled-back savepoint is not in the database.
+        """
+        self.registry.datasets.forget()
+        self.registry.collections.forget()
         # What this applier learnt inside a failed transaction may not be in the database.
         self._instruments.clear()
         self._dataset_types.clear()

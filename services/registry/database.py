@@ -16,7 +16,7 @@ import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
-from ..core.errors import DatabaseError
+from ..core.errors import DatabaseError, DatabaseUnavailableError
 
 # SQLSTATE codes we react to (classified by code, never by message text).
 PG_EXCLUSION_VIOLATION = "23P01"
@@ -55,7 +55,9 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a commit survives a power cut. The services commit Kafka offsets right after,
+        # so a commit that WAL's NORMAL mode could lose would be a lost command.
+        cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -100,6 +102,8 @@ class Database:
             except BaseException as err:
                 for hook in self._rollback_hooks:
                     hook()
+                if isinstance(err, sqlalchemy.exc.OperationalError):  # lost, locked, restarting
+                    raise DatabaseUnavailableError(_one_line(err)) from err
                 if isinstance(err, sqlalchemy.exc.DBAPIError):
                     raise DatabaseError(_one_line(err)) from err
                 raise
@@ -120,7 +124,7 @@ class Database:
                     "check that the server is running and reachable and that the URL is right "
                     "(from --db, the repository's obsbus.yaml or OBSBUS_DB)"
                 )
-            raise DatabaseError(f"{what} ({_detail(err)}); {todo}") from err
+            raise DatabaseUnavailableError(f"{what} ({_detail(err)}); {todo}") from err
 
     def dispose(self) -> None:
         self.engine.dispose()

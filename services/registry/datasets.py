@@ -73,6 +73,7 @@ class DatasetManager:
         self._tags = tables["dataset_tag"]
         self._records = tables["datastore_record"]
         self._collections = tables["collection"]
+        self._no_data_id = {d.name: None for d in universe.dimensions}
         # Dataset types never change once registered, so caching them is always correct.
         self._type_cache: dict[str, tuple[int, DatasetType]] = {}
 
@@ -221,6 +222,9 @@ class DatasetManager:
                     "run_id": run_id,
                     "data_id_key": ref.data_id.key,
                     "ingest_date": at,
+                    # Every row names every dimension column: executemany takes its columns
+                    # from the first row, so a missing key would silently drop values.
+                    **self._no_data_id,
                     **dict(ref.data_id),
                 }
             )

@@ -206,6 +206,9 @@ def _add_core_tables(md: MetaData, universe: DimensionUniverse) -> None:
         Column("topic", String(128), primary_key=True),
         Column("partition", Integer, primary_key=True),
         Column("offset", BigInteger, primary_key=True),
+        # Offsets restart if a topic is recreated: the message's own id tells a redelivery
+        # from a new message that happens to sit at a recorded offset.
+        Column("message_id", String(64), nullable=False),
         Column("processed_at", BigInteger, nullable=False),
         Column("outputs", LargeBinary, nullable=False),
     )

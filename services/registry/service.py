@@ -40,14 +40,17 @@ class RegistryHandler:
         with self.registry.transaction() as conn:
             self.applier.new_batch()
             done = self._already_processed(conn, batch)
-            todo = []
+            todo, stale = [], []
             for i, item in enumerate(batch):
                 d = item.delivery
-                previous = done.get((d.topic, d.partition, d.offset))
-                if previous is not None:
+                message_id, previous = done.get((d.topic, d.partition, d.offset), (None, []))
+                if message_id == item.value["command_id"]:
                     produced[i] = previous  # applied before: send the same answers again
-                else:
-                    todo.append(i)
+                    continue
+                if message_id is not None:
+                    stale.append(i)  # the topic was recreated: offsets were reused
+                todo.append(i)
+            self._forget_offsets(conn, [batch[i] for i in stale])
             produced.update(self._ingest_together(conn, [(i, batch[i]) for i in todo]))
             for i in todo:
                 if i not in produced:
@@ -58,6 +61,7 @@ class RegistryHandler:
                     "topic": batch[i].delivery.topic,
                     "partition": batch[i].delivery.partition,
                     "offset": batch[i].delivery.offset,
+                    "message_id": batch[i].value["command_id"],
                     "processed_at": now_ns(),
                     "outputs": json.dumps([_dump(o) for o in produced[i]]).encode(),
                 }
@@ -112,16 +116,29 @@ class RegistryHandler:
 
     def _already_processed(
         self, conn: Any, batch: Sequence[Incoming]
-    ) -> dict[tuple[str, int, int], list[Outgoing]]:
+    ) -> dict[tuple[str, int, int], tuple[str, list[Outgoing]]]:
         c = self._processed.c
         keys = [(i.delivery.topic, i.delivery.partition, i.delivery.offset) for i in batch]
         rows = conn.execute(
-            select(c.topic, c.partition, c.offset, c.outputs).where(
+            select(c.topic, c.partition, c.offset, c.message_id, c.outputs).where(
                 c.consumer_group == self.group,
                 tuple_(c.topic, c.partition, c.offset).in_(keys),
             )
         )
-        return {(t, p, o): [_load(x) for x in json.loads(out)] for t, p, o, out in rows}
+        return {(t, p, o): (m, [_load(x) for x in json.loads(out)]) for t, p, o, m, out in rows}
+
+    def _forget_offsets(self, conn: Any, items: Sequence[Incoming]) -> None:
+        c = self._processed.c
+        for item in items:
+            d = item.delivery
+            conn.execute(
+                self._processed.delete().where(
+                    c.consumer_group == self.group,
+                    c.topic == d.topic,
+                    c.partition == d.partition,
+                    c.offset == d.offset,
+                )
+            )
 
     def _apply(self, item: Incoming) -> list[Outgoing]:
         value = item.value

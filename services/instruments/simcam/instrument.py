@@ -95,3 +95,4 @@ class SimCam(Instrument):
     exposure_max: ClassVar[int] = 10**13
     visit_max: ClassVar[int] = 10**13
     translator = SimCamTranslator
+    curated_calibrations = "services.instruments.simcam:curated"

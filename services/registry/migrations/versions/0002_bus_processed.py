@@ -20,6 +20,7 @@ def upgrade() -> None:
         sa.Column("topic", sa.String(128), primary_key=True),
         sa.Column("partition", sa.Integer, primary_key=True),
         sa.Column("offset", sa.BigInteger, primary_key=True),
+        sa.Column("message_id", sa.String(64), nullable=False),
         sa.Column("processed_at", sa.BigInteger, nullable=False),
         sa.Column("outputs", sa.LargeBinary, nullable=False),
     )
