@@ -68,6 +68,11 @@ def service(
 
         handler: Any = IngestHandler(butler, transfer=transfer, name=name)
         topics, group = [RAW_ARRIVALS.name], "obsbus-ingest"
+        # Small batches: each file's command leaves as soon as its few neighbours are done
+        # (a 500-file batch would hold an exposure's first file until the last is ingested).
+        return _Runnable(
+            ServiceLoop(name, bus, group, topics, handler, status_file=status, max_records=16)
+        )
     elif kind == "registry":
         from ..registry.service import RegistryHandler
 

@@ -46,7 +46,7 @@ class Watcher:
         bus: Bus,
         folders: Iterable[Path],
         watcher_id: str,
-        settle_s: float = 0.25,
+        settle_s: float = 0.1,
         status_file: Path | None = None,
     ) -> None:
         self.status_file = status_file
@@ -141,7 +141,7 @@ class Watcher:
             "watcher": self.watcher_id,
         }
 
-    def run(self, stop: threading.Event, interval_s: float = 0.1) -> None:
+    def run(self, stop: threading.Event, interval_s: float = 0.05) -> None:
         self.recover()
         log.info("watcher started", watcher=self.watcher_id, folders=[str(f) for f in self.folders])
         last_status = 0.0
