@@ -12,15 +12,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import and_, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from ..core import where
 from ..core.dimensions import DataId, DimensionUniverse, default_universe
 from ..core.errors import (
     CalibrationAmbiguityError,
     CollectionTypeError,
-    ExpressionError,
     NotACalibrationError,
     RecordNotFoundError,
     UnregisteredDataIdError,
@@ -39,11 +37,12 @@ from .datasets import (
     InsertOutcome,
     make_dataset_id,
 )
+from .installations import InstallationManager, InstallOutcome
+from .queries import dataset_where
 from .records import DimensionRecords, Record, SyncResult
 from .schema import build_metadata
 
 ChainMode = Literal["redefine", "extend", "prepend", "remove"]
-InstallOutcome = Literal["unchanged", "installed", "swapped"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +64,7 @@ class Registry:
         self.collections = CollectionManager(tables)
         self.datasets = DatasetManager(universe, tables)
         self.calibs = CalibrationManager(tables)
+        self.installations = InstallationManager(self.records)
         db.on_rollback(self.datasets.forget)
         db.on_rollback(self.collections.forget)
 
@@ -160,88 +160,17 @@ class Registry:
     def record_installation(
         self, instrument: str, detector: int, serial: str, since_ns: int
     ) -> InstallOutcome:
-        """Note that ``serial`` sits in slot ``detector`` from ``since_ns`` on.
-
-        Returns "unchanged" when the slot already holds that device at that time, "installed"
-        for the slot's first device, "swapped" when it replaces another device.
-        """
-        table = self.records.table("detector_installation")
-        c = table.c
+        """Note that ``serial`` sits in slot ``detector`` from ``since_ns`` on (see
+        installations.py for what is returned)."""
         with self.transaction() as conn:
-            known = self.records.fetch(
-                conn, "physical_detector", {"instrument": instrument, "serial": serial}
-            )
-            if known is None:  # a device first seen in a header takes its slot's purpose
-                slot = self.records.fetch(
-                    conn, "detector", {"instrument": instrument, "id": detector}
-                )
-                self.records.insert(
-                    conn,
-                    "physical_detector",
-                    [
-                        {
-                            "instrument": instrument,
-                            "serial": serial,
-                            "purpose": None if slot is None else slot["purpose"],
-                        }
-                    ],
-                )
-            rows = list(
-                conn.execute(
-                    select(table)
-                    .where(c.instrument == instrument, c.detector == detector)
-                    .order_by(c.timespan_begin)
-                ).mappings()
-            )
-            current = next(
-                (r for r in rows if r["timespan_begin"] <= since_ns < r["timespan_end"]), None
-            )
-            if current is not None and current["physical_detector"] == serial:
-                return "unchanged"
-            later = [r["timespan_begin"] for r in rows if r["timespan_begin"] > since_ns]
-            end = min(later) if later else Timespan(None, None).db_end
-            if current is not None:
-                conn.execute(
-                    table.update()
-                    .where(
-                        c.instrument == instrument,
-                        c.detector == detector,
-                        c.physical_detector == current["physical_detector"],
-                        c.timespan_begin == current["timespan_begin"],
-                    )
-                    .values(timespan_end=since_ns)
-                )
-            conn.execute(
-                table.insert().values(
-                    instrument=instrument,
-                    detector=detector,
-                    physical_detector=serial,
-                    timespan_begin=since_ns,
-                    timespan_end=end,
-                )
-            )
-            return "installed" if not rows else "swapped"
+            return self.installations.record(conn, instrument, detector, serial, since_ns)
 
     def installed_detectors(
         self, instrument: str, detectors: Sequence[int], at_ns: int
     ) -> dict[int, str]:
         """Serial of the device in each slot at moment ``at_ns`` (slots with none are absent)."""
-        table = self.records.table("detector_installation")
-        c = table.c
-        out: dict[int, str] = {}
         with self._read() as conn:
-            wanted = sorted(set(detectors))
-            for start in range(0, len(wanted), 500):
-                rows = conn.execute(
-                    select(c.detector, c.physical_detector).where(
-                        c.instrument == instrument,
-                        c.detector.in_(wanted[start : start + 500]),
-                        c.timespan_begin <= at_ns,
-                        c.timespan_end > at_ns,
-                    )
-                )
-                out.update({int(d): str(s) for d, s in rows})
-        return out
+            return self.installations.installed(conn, instrument, detectors, at_ns)
 
     def installed_detector(self, instrument: str, detector: int, at_ns: int) -> str | None:
         """Serial of the device in slot ``detector`` at moment ``at_ns``."""
@@ -446,7 +375,9 @@ class Registry:
         """Datasets of a type in the collections (each with the collection it was found in)."""
         with self._read() as conn:
             type_id, dt = self.datasets.type_with_id(conn, dataset_type)
-            condition = self._where(dt, expr) if expr else None
+            condition = (
+                dataset_where(self.records, self.datasets.dataset_table, dt, expr) if expr else None
+            )
             out: list[tuple[DatasetRef, str]] = []
             seen: set[str] = set()
             for name in self.collections.flatten(conn, collections):
@@ -477,36 +408,6 @@ class Registry:
         if condition is not None:
             stmt = stmt.where(condition)
         return self.datasets.get_refs(conn, list(conn.execute(stmt).scalars()))
-
-    def _where(self, dt: DatasetType, expr: str) -> Any:
-        """Compile --where for datasets: data ID keys, or ``element.field`` of their records."""
-        table = self.datasets.dataset_table
-        tree = where.parse(expr)
-        joins: dict[str, Any] = {}
-
-        def resolve(name: str) -> Any:
-            element_name, dot, field = name.partition(".")
-            if not dot:
-                if name in dt.dimensions:
-                    return table.c[name]
-                raise ExpressionError(
-                    f"{dt.name} has no dimension {name!r}; its dimensions: "
-                    f"{', '.join(dt.dimensions)}"
-                )
-            if element_name not in dt.dimensions:
-                raise ExpressionError(f"{name!r}: {element_name} is not a dimension of {dt.name}")
-            element = self.universe[element_name]
-            rec = self.records.table(element_name)
-            if field not in rec.c or field.startswith("timespan_"):
-                raise ExpressionError(f"{element_name} has no field {field!r}")
-            joins[element_name] = (rec, element)
-            return rec.c[field]
-
-        condition = where.to_sql(tree, resolve)
-        if not joins:
-            return condition
-        # Record fields constrain the dataset through EXISTS over the matching records.
-        return _correlated(table, joins, condition)
 
     # --- calibrations ---------------------------------------------------------------------------
 
@@ -673,14 +574,3 @@ def _apply_chain_mode(current: list[str], children: list[str], mode: ChainMode) 
     raise CollectionTypeError(
         f"unknown chain mode {mode!r}; use redefine, extend, prepend or remove"
     )
-
-
-def _correlated(table: Any, joins: Mapping[str, Any], condition: Any) -> Any:
-    """Rewrite a condition over record columns as EXISTS over the joined record tables."""
-    froms: list[Any] = []
-    match: list[Any] = []
-    for element_name, (rec, element) in joins.items():
-        froms.append(rec)
-        match.extend(rec.c[d] == table.c[d] for d in element.requires)
-        match.append(rec.c[element.key.name] == table.c[element_name])
-    return select(1).select_from(*froms).where(and_(*match), condition).exists()

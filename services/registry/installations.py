@@ -1,0 +1,96 @@
+"""Which serial-numbered device (physical_detector) sat in which detector slot, and when.
+
+Each installation is a row with a half-open timespan; recording a new device in a slot from
+a moment on ends the current row there. A new serial seen in a header is thereby a recorded
+swap, visible per exposure (the device at the exposure's start).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from ..core.timespan import END_UNBOUNDED
+from .records import DimensionRecords
+
+InstallOutcome = Literal["unchanged", "installed", "swapped"]
+
+
+class InstallationManager:
+    def __init__(self, records: DimensionRecords) -> None:
+        self.records = records
+        self._table = records.table("detector_installation")
+
+    def record(
+        self, conn: Connection, instrument: str, detector: int, serial: str, since_ns: int
+    ) -> InstallOutcome:
+        """ "unchanged" when the slot already holds that device then, "installed" for the
+        slot's first device, "swapped" when it replaces another device."""
+        table, c = self._table, self._table.c
+        known = self.records.fetch(
+            conn, "physical_detector", {"instrument": instrument, "serial": serial}
+        )
+        if known is None:  # a device first seen in a header takes its slot's purpose
+            slot = self.records.fetch(conn, "detector", {"instrument": instrument, "id": detector})
+            purpose = None if slot is None else slot["purpose"]
+            self.records.insert(
+                conn,
+                "physical_detector",
+                [{"instrument": instrument, "serial": serial, "purpose": purpose}],
+            )
+        rows = list(
+            conn.execute(
+                select(table)
+                .where(c.instrument == instrument, c.detector == detector)
+                .order_by(c.timespan_begin)
+            ).mappings()
+        )
+        current = next(
+            (r for r in rows if r["timespan_begin"] <= since_ns < r["timespan_end"]), None
+        )
+        if current is not None and current["physical_detector"] == serial:
+            return "unchanged"
+        later = [r["timespan_begin"] for r in rows if r["timespan_begin"] > since_ns]
+        end = min(later) if later else END_UNBOUNDED
+        if current is not None:
+            conn.execute(
+                table.update()
+                .where(
+                    c.instrument == instrument,
+                    c.detector == detector,
+                    c.physical_detector == current["physical_detector"],
+                    c.timespan_begin == current["timespan_begin"],
+                )
+                .values(timespan_end=since_ns)
+            )
+        conn.execute(
+            table.insert().values(
+                instrument=instrument,
+                detector=detector,
+                physical_detector=serial,
+                timespan_begin=since_ns,
+                timespan_end=end,
+            )
+        )
+        return "installed" if not rows else "swapped"
+
+    def installed(
+        self, conn: Connection, instrument: str, detectors: Sequence[int], at_ns: int
+    ) -> dict[int, str]:
+        c = self._table.c
+        out: dict[int, str] = {}
+        wanted = sorted(set(detectors))
+        for start in range(0, len(wanted), 500):
+            rows = conn.execute(
+                select(c.detector, c.physical_detector).where(
+                    c.instrument == instrument,
+                    c.detector.in_(wanted[start : start + 500]),
+                    c.timespan_begin <= at_ns,
+                    c.timespan_end > at_ns,
+                )
+            )
+            out.update({int(d): str(s) for d, s in rows})
+        return out
