@@ -212,3 +212,16 @@ def test_one_insert_of_datasets_with_different_dimensions(butler: Butler, tmp_pa
     (found,) = registry.query_datasets("bias", ["r"])
     assert found[0].data_id == {"instrument": "DummyCam", "detector": 2}
     assert registry.query_datasets("bias", ["r"], "detector = 2") != []
+
+
+def test_as_of_a_moment_before_a_dataset_was_ingested(butler: Butler, tmp_path: Path) -> None:
+    from services.core.timespan import now_ns
+
+    butler.registry.register_dataset_type(BIAS)
+    before = now_ns()
+    ref = butler.registry.make_ref("bias", {"instrument": "DummyCam", "detector": 1}, "r")
+    butler.ingest([FileToIngest(write_yaml(tmp_path / "b.yaml", {}), ref)])
+    data_id = {"instrument": "DummyCam", "detector": 1}
+    assert butler.registry.find_dataset("bias", data_id, ["r"], as_of=before) is None
+    found = butler.registry.find_dataset("bias", data_id, ["r"], as_of=now_ns())
+    assert found is not None and found.ref.id == ref.id

@@ -261,18 +261,21 @@ class DatasetManager:
         return [found[i] for i in wanted]
 
     def find_in_run(
-        self, conn: Connection, type_id: int, data_id: DataId, run_id: int
+        self,
+        conn: Connection,
+        type_id: int,
+        data_id: DataId,
+        run_id: int,
+        as_of: int | None = None,
     ) -> DatasetRef | None:
+        """The dataset of a type and data ID in a RUN (as of a moment: if it was there then)."""
         d = self._datasets.c
-        row = (
-            conn.execute(
-                self._ref_query().where(
-                    d.dataset_type_id == type_id, d.run_id == run_id, d.data_id_key == data_id.key
-                )
-            )
-            .mappings()
-            .first()
+        stmt = self._ref_query().where(
+            d.dataset_type_id == type_id, d.run_id == run_id, d.data_id_key == data_id.key
         )
+        if as_of is not None:
+            stmt = stmt.where(d.ingest_date <= as_of)
+        row = conn.execute(stmt).mappings().first()
         return None if row is None else self._ref_from_row(conn, row)
 
     def find_in_tagged(

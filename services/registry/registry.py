@@ -346,7 +346,7 @@ class Registry:
     ) -> CalibrationMatch | None:
         ref: DatasetRef | None = None
         if collection.type is CollectionType.RUN:
-            ref = self.datasets.find_in_run(conn, type_id, data_id, collection.id)
+            ref = self.datasets.find_in_run(conn, type_id, data_id, collection.id, as_of)
         elif collection.type is CollectionType.TAGGED:
             ref = self.datasets.find_in_tagged(conn, type_id, data_id, collection.id)
         elif collection.type is CollectionType.CALIBRATION and timespan is not None:
