@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from ..core.errors import CalibrationAmbiguityError, CalibrationOverlapError
 from ..core.timespan import Timespan, now_ns
-from .database import PG_EXCLUSION_VIOLATION, sqlstate
+from .database import PG_DEADLOCK, PG_EXCLUSION_VIOLATION, sqlstate
 
 # How often certify plans again after losing a race to a concurrent certifier (PostgreSQL).
 _RACE_ATTEMPTS = 3
@@ -117,12 +117,13 @@ class CalibrationManager:
             try:
                 with conn.begin_nested():
                     return self._insert(conn, new, by)
-            except sqlalchemy.exc.IntegrityError as err:
+            except sqlalchemy.exc.DBAPIError as err:
                 # A concurrent writer committed an overlapping row first (PostgreSQL's exclusion
-                # constraint waited for it). Plan again: at READ COMMITTED that row is now
-                # visible, so an identical replay becomes a no-op and anything else a
-                # CalibrationOverlapError naming it.
-                if sqlstate(err) != PG_EXCLUSION_VIOLATION:
+                # constraint waited for it), or the two inserts deadlocked on the constraint's
+                # index and PostgreSQL chose this one as the victim. Plan again: at READ
+                # COMMITTED the other row is now visible, so an identical replay becomes a no-op
+                # and anything else a CalibrationOverlapError naming it.
+                if sqlstate(err) not in (PG_EXCLUSION_VIOLATION, PG_DEADLOCK):
                     raise
         clashes = {
             v.describe()

@@ -21,6 +21,7 @@ from ..core.errors import DatabaseError, DatabaseUnavailableError
 # SQLSTATE codes we react to (classified by code, never by message text).
 PG_EXCLUSION_VIOLATION = "23P01"
 PG_UNIQUE_VIOLATION = "23505"
+PG_DEADLOCK = "40P01"
 
 
 def sqlstate(err: sqlalchemy.exc.DBAPIError) -> str | None:
