@@ -221,14 +221,6 @@ class DimensionUniverse:
             out["timespan"] = ts
         return out
 
-    def record_data_id(self, element_name: str, record: Mapping[str, Any]) -> DataId:
-        """The data ID a record of a dimension element describes."""
-        element = self[element_name]
-        values = {d: record[d] for d in element.requires}
-        if element.key is not None:
-            values[element.name] = record[element.key.name]
-        return DataId(values)
-
 
 class DataId(Mapping[str, KeyValue]):
     """An immutable, validated data ID in universe order."""

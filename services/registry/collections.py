@@ -108,10 +108,6 @@ class CollectionManager:
             found = self._resolved[name] = self.get(conn, name)
         return found
 
-    def by_id(self, conn: Connection, ids: Sequence[int]) -> dict[int, Collection]:
-        rows = conn.execute(select(self._collection).where(self._collection.c.id.in_(ids)))
-        return {int(r["id"]): self._from_row(r) for r in rows.mappings()}
-
     def register(
         self, conn: Connection, name: str, type_: CollectionType, doc: str | None = None
     ) -> tuple[Collection, bool]:
