@@ -32,6 +32,7 @@ running_pid() {
     local pid
     pid="$(cat "$PIDFILE" 2>/dev/null || true)"
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    [[ -r "/proc/$pid/cmdline" ]] || return 1
     grep -qs '^[0-9]* ([^)]*) [ZX]' "/proc/$pid/stat" && return 1
     tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -F "kafka.Kafka $PROPS" >/dev/null || return 1
     echo "$pid"
