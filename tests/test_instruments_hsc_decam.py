@@ -17,6 +17,7 @@ from astropy.utils import iers
 
 from services.core.errors import UnknownDetectorError
 from services.datastore.formatters import formatter_import_path, load_formatter
+from services.ingest.fitsfile import read_hdus
 from services.ingest.raws import RawIngester
 from services.instruments import Instrument, load_instrument
 from services.instruments.decam import DarkEnergyCamera, DecamRawFormatter
@@ -224,8 +225,7 @@ def write_decam_mef(path: Path, ccdnums: list[int]) -> list[np.ndarray]:
 def test_decam_raw_headers_one_merged_header_per_ccd(tmp_path: Path) -> None:
     path = tmp_path / "DECam_00229388.fits"
     images = write_decam_mef(path, [25, 26, 61])
-    with fits.open(path) as hdus:
-        headers = DarkEnergyCamera.raw_headers(path, hdus)
+    headers = DarkEnergyCamera.raw_headers(path, read_hdus(path))
 
     assert [locator for locator, _ in headers] == ["hdu=1", "hdu=2", "hdu=3"]
     for (locator, header), ccdnum, image in zip(headers, [25, 26, 61], images, strict=True):
@@ -244,14 +244,13 @@ def test_decam_raw_headers_one_merged_header_per_ccd(tmp_path: Path) -> None:
 def test_decam_raw_headers_skip_unknown_ccds(tmp_path: Path) -> None:
     path = tmp_path / "mixed.fits"
     write_decam_mef(path, [999, 72])  # an unknown CCDNUM, then focus CCD FS1
-    with fits.open(path) as hdus:
-        headers = DarkEnergyCamera.raw_headers(path, hdus)
+    headers = DarkEnergyCamera.raw_headers(path, read_hdus(path))
     assert [(loc, h["DETPOS"]) for loc, h in headers] == [("hdu=2", "FS1")]
 
     empty = tmp_path / "none.fits"
     write_decam_mef(empty, [999])
-    with fits.open(empty) as hdus, pytest.raises(UnknownDetectorError, match="no image HDU"):
-        DarkEnergyCamera.raw_headers(empty, hdus)
+    with pytest.raises(UnknownDetectorError, match="no image HDU"):
+        DarkEnergyCamera.raw_headers(empty, read_hdus(empty))
 
 
 # --- registration -------------------------------------------------------------------------------

@@ -1,30 +1,35 @@
-"""Reading raw files' headers and translating them, without touching the repository.
+"""Translating raw files' headers, without touching the repository.
 
-A file is checked to be complete FITS before anything is trusted, the translator is chosen
-from the primary header by astro_metadata_translator, and the Instrument of that name says
-which headers (one per detector) to translate.
+The translator is chosen from the primary header by astro_metadata_translator, and the
+Instrument of that name says which headers (one per detector) to translate.
+
+An exposure's 205 files say the same about the exposure and differ only in the detector, so
+``HeaderTranslator`` translates the exposure-level properties once per exposure: it keeps the
+header cards the translator read for them (``MetadataTranslator.cards_used``) with their
+values, and a later header with the same values for those cards has, by construction, the
+same translation. A file whose exposure cards differ (a conflicting header) is translated in
+full, and the conflict is found when its records are compared.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
-import os
-import warnings
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from astro_metadata_translator import MetadataTranslator, ObservationInfo
+from astro_metadata_translator import MetadataTranslator, ObservationInfo, fix_header
 from astropy.io import fits
 from astropy.utils import iers
 
-from ..core.errors import (
-    IncompleteHeaderError,
-    NotFitsError,
-    NoTranslatorError,
-    TruncatedFileError,
-)
+from ..core.errors import IncompleteHeaderError, NoTranslatorError
 from ..instruments import Instrument, available, load_instrument
+from .fitsfile import Hdu
+from .observation import ExposureRecords, exposure_records
 
 # What ingest cannot do without: a translation missing any of these is "incomplete_header".
 REQUIRED_PROPERTIES = (
@@ -56,7 +61,9 @@ USED_PROPERTIES = frozenset(
         "detector_serial",
     }
 )
-_FITS_SIGNATURE = b"SIMPLE  ="
+# What differs between the files of one exposure; everything else is the exposure's.
+DETECTOR_PROPERTIES = frozenset({"detector_num", "detector_serial"})
+EXPOSURE_PROPERTIES = USED_PROPERTIES - DETECTOR_PROPERTIES
 
 
 def configure_offline_translation() -> None:
@@ -74,48 +81,54 @@ def configure_offline_translation() -> None:
 
 
 @dataclass(frozen=True)
+class ExposureTranslation:
+    """The exposure-level properties of a header, and the header cards they came from."""
+
+    translator: type[MetadataTranslator]
+    info: ObservationInfo
+    cards: tuple[str, ...]
+    values: tuple[Any, ...]
+    # Those cards as written, when the header was a file's own and every card was there.
+    images: tuple[str, ...] | None
+
+    def matches(
+        self,
+        translator: type[MetadataTranslator],
+        header: fits.Header,
+        images: Mapping[str, str] | None,
+    ) -> bool:
+        """Whether ``header`` gives the same values for every card this translation read."""
+        if translator is not self.translator:
+            return False
+        # Same text, same value; a card written differently is compared the slow way.
+        if (
+            images is not None
+            and self.images is not None
+            and all(images.get(c) == i for c, i in zip(self.cards, self.images, strict=True))
+        ):
+            return True
+        return all(
+            header.get(card, _ABSENT) == value
+            for card, value in zip(self.cards, self.values, strict=True)
+        )
+
+    @functools.cached_property
+    def records(self) -> ExposureRecords:
+        """The exposure's dimension records (built once, shared by its files)."""
+        return exposure_records(str(self.translator.name), self.info)
+
+
+_ABSENT = object()
+
+
+@dataclass(frozen=True)
 class TranslatedHeader:
     """One detector's translated header, and where in the file its pixels are."""
 
     locator: str | None
-    info: ObservationInfo
-
-
-def open_fits(path: Path) -> Any:
-    """Open a FITS file with every header read, refusing non-FITS and truncated files."""
-    try:
-        with path.open("rb") as f:
-            signature = f.read(len(_FITS_SIGNATURE))
-    except OSError as err:
-        raise NotFitsError(f"{path}: cannot read the file ({err.strerror})") from None
-    if signature != _FITS_SIGNATURE:
-        raise NotFitsError(f"{path}: not a FITS file (it does not start with SIMPLE)")
-    size = os.path.getsize(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            hdus = fits.open(path, memmap=False, lazy_load_hdus=False)
-    except (OSError, ValueError, IndexError) as err:
-        raise TruncatedFileError(f"{path}: truncated or damaged FITS ({err})") from None
-    for index, hdu in enumerate(hdus):
-        needed = _data_end(hdus, index, hdu)
-        if needed is not None and needed > size:
-            hdus.close()
-            raise TruncatedFileError(
-                f"{path}: truncated: HDU {index} needs {needed} bytes, the file has {size}"
-            )
-    return hdus
-
-
-def _data_end(hdus: Any, index: int, hdu: Any) -> int | None:
-    """Where an HDU's data ends in the file, by its header."""
-    # astropy's HDUList.fileinfo re-serialises every header to answer this; the HDU already
-    # knows its data offset and size (the same numbers fileinfo reports), so ask it first.
-    offset, length = getattr(hdu, "_data_offset", None), getattr(hdu, "_data_size", None)
-    if isinstance(offset, int) and isinstance(length, int):
-        return offset + length
-    info = hdus.fileinfo(index)
-    return None if info is None else int(info["datLoc"] + info["datSpan"])
+    exposure: ExposureTranslation
+    detector_num: int
+    detector_serial: str | None
 
 
 def choose_translator(path: Path, primary: fits.Header) -> type[MetadataTranslator]:
@@ -131,23 +144,99 @@ def choose_translator(path: Path, primary: fits.Header) -> type[MetadataTranslat
     return translator
 
 
-def translate(
-    path: Path, hdus: Any, instrument: type[Instrument], translator: type[MetadataTranslator]
-) -> list[TranslatedHeader]:
-    out = []
-    for locator, header in instrument.raw_headers(path, hdus):
-        # Translating only what ingest uses is a third cheaper than every property.
-        info = ObservationInfo(
-            header,
-            translator_class=translator,
-            pedantic=False,
-            filename=str(path),
-            subset=set(USED_PROPERTIES),
+class HeaderTranslator:
+    """Translates raw headers; exposure-level properties once per exposure (see above).
+
+    One per ingest session or worker; it remembers the last ``recent`` exposures.
+    """
+
+    def __init__(self, recent: int = 8) -> None:
+        self._recent: deque[ExposureTranslation] = deque(maxlen=recent)
+        self.full_translations = 0  # headers translated in full (about one per exposure)
+
+    def translate(
+        self,
+        path: Path,
+        hdus: Sequence[Hdu],
+        instrument: type[Instrument],
+        translator: type[MetadataTranslator],
+    ) -> list[TranslatedHeader]:
+        out = []
+        for locator, header in instrument.raw_headers(path, hdus):
+            # Corrections first (as ObservationInfo does): the cache compares corrected cards.
+            fixed = fix_header(header, translator_class=translator, filename=str(path))
+            # The cards as written stand for the header only if it is the file's own, unfixed.
+            images = hdus[0].images if header is hdus[0].header and not fixed else None
+            exposure = self._exposure(path, header, images, translator)
+            detector_num, serial = _detector_properties(path, header, translator)
+            out.append(TranslatedHeader(locator, exposure, detector_num, serial))
+        return out
+
+    def _exposure(
+        self,
+        path: Path,
+        header: fits.Header,
+        images: Mapping[str, str] | None,
+        translator: type[MetadataTranslator],
+    ) -> ExposureTranslation:
+        for known in self._recent:
+            if known.matches(translator, header, images):
+                return known
+        translation = _translate_exposure(path, header, images, translator)
+        self.full_translations += 1
+        self._recent.appendleft(translation)
+        return translation
+
+
+def _translate_exposure(
+    path: Path,
+    header: fits.Header,
+    images: Mapping[str, str] | None,
+    translator: type[MetadataTranslator],
+) -> ExposureTranslation:
+    info = ObservationInfo(
+        header,
+        translator_class=translator,
+        pedantic=False,
+        filename=str(path),
+        subset=set(EXPOSURE_PROPERTIES),
+    )
+    missing = [
+        p for p in REQUIRED_PROPERTIES if p in EXPOSURE_PROPERTIES and getattr(info, p) is None
+    ]
+    if missing:
+        raise IncompleteHeaderError(
+            f"{path}: the {translator.name} header does not give {', '.join(missing)}"
         )
-        missing = [p for p in REQUIRED_PROPERTIES if getattr(info, p) is None]
-        if missing:
-            raise IncompleteHeaderError(
-                f"{path}: the {translator.name} header does not give {', '.join(missing)}"
-            )
-        out.append(TranslatedHeader(locator, info))
-    return out
+    # ObservationInfo keeps its translator private: a second one, asked the same questions,
+    # says which cards the answers came from (once per exposure, so the cost is irrelevant).
+    reader = translator(header, filename=str(path))
+    for prop in EXPOSURE_PROPERTIES:
+        with contextlib.suppress(Exception):  # ObservationInfo has already judged the values
+            getattr(reader, f"to_{prop}")()
+    cards = tuple(sorted(reader.cards_used()))
+    written = None
+    if images is not None and all(c in images for c in cards):
+        written = tuple(images[c] for c in cards)
+    return ExposureTranslation(
+        translator, info, cards, tuple(header.get(c, _ABSENT) for c in cards), written
+    )
+
+
+def _detector_properties(
+    path: Path, header: fits.Header, translator: type[MetadataTranslator]
+) -> tuple[int, str | None]:
+    reader = translator(header, filename=str(path))
+    try:
+        detector = reader.to_detector_num()
+    except Exception:  # a translator that cannot say is an incomplete header
+        detector = None
+    if detector is None:
+        raise IncompleteHeaderError(
+            f"{path}: the {translator.name} header does not give detector_num"
+        )
+    try:
+        serial = reader.to_detector_serial()
+    except Exception:  # optional, as with ObservationInfo(pedantic=False)
+        serial = None
+    return int(detector), None if serial is None else str(serial)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 from astro_metadata_translator import ObservationInfo
@@ -25,7 +26,7 @@ def _deg(value: Any) -> float | None:
 
 
 def exposure_record(instrument: str, info: ObservationInfo) -> Record:
-    # headers.translate() has checked that the REQUIRED_PROPERTIES are all present.
+    # HeaderTranslator has checked that the REQUIRED_PROPERTIES are all present.
     assert info.exposure_id is not None and info.exposure_time is not None
     radec, altaz = info.tracking_radec, info.altaz_begin
     return {
@@ -100,3 +101,23 @@ def visit_records(instrument: str, exposure: Record) -> tuple[Record, Record] | 
     }
     definition = {"instrument": instrument, "exposure": exposure["id"], "visit": exposure["id"]}
     return visit, definition
+
+
+@dataclass(frozen=True)
+class ExposureRecords:
+    """Every dimension record one exposure's raw files add (shared by all its files)."""
+
+    exposure: Record
+    day_obs: Record | None
+    group: Record | None
+    visit: tuple[Record, Record] | None
+
+
+def exposure_records(instrument: str, info: ObservationInfo) -> ExposureRecords:
+    exposure = exposure_record(instrument, info)
+    return ExposureRecords(
+        exposure=exposure,
+        day_obs=day_obs_record(instrument, info),
+        group=group_record(instrument, info),
+        visit=visit_records(instrument, exposure),
+    )

@@ -29,14 +29,9 @@ from ..instruments.base import RAW
 from ..registry.commands import IngestApplier, IngestRaw, Installation
 from ..registry.datasets import DatasetRef, IdGenerationMode
 from ..registry.registry import Registry
-from .headers import choose_translator, open_fits, translate
-from .observation import (
-    Record,
-    day_obs_record,
-    exposure_record,
-    group_record,
-    visit_records,
-)
+from .fitsfile import read_hdus
+from .headers import HeaderTranslator, choose_translator
+from .observation import Record
 
 log = structlog.get_logger(__name__)
 
@@ -102,29 +97,28 @@ def find_raw_files(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
-def prepare(path: Path) -> PreparedFile:
-    """Read and translate one file (no repository access); raises ObsbusError on bad input."""
-    hdus = open_fits(path)
-    try:
-        translator = choose_translator(path, hdus[0].header)
-        instrument = _instrument_for(path, str(translator.name))
-        translated = translate(path, hdus, instrument, translator)
-    finally:
-        hdus.close()
-    first = translated[0].info
-    exposure = exposure_record(instrument.name, first)
-    filters = {f.physical_filter for f in instrument.filters}
-    if exposure["physical_filter"] not in filters:
+def prepare(path: Path, translator: HeaderTranslator | None = None) -> PreparedFile:
+    """Read and translate one file (no repository access); raises ObsbusError on bad input.
+
+    Pass the same ``translator`` for a session's files: it translates each exposure once.
+    """
+    hdus = read_hdus(path)
+    header_translator = choose_translator(path, hdus[0].header)
+    instrument = _instrument_for(path, str(header_translator.name))
+    translated = (translator or HeaderTranslator()).translate(
+        path, hdus, instrument, header_translator
+    )
+    records = translated[0].exposure.records
+    exposure = records.exposure
+    if exposure["physical_filter"] not in instrument.physical_filters():
         raise UnknownFilterError(
             f"{path}: filter {exposure['physical_filter']!r} is not one of {instrument.name}'s; "
             "add it to the instrument definition and register it again"
         )
-    known_detectors = {d.id for d in instrument.detectors}
     datasets = []
     for item in translated:
-        assert item.info.detector_num is not None  # a required property
-        detector = int(item.info.detector_num)
-        if detector not in known_detectors:
+        detector = item.detector_num
+        if not instrument.has_detector(detector):
             raise UnknownDetectorError(f"{path}: {instrument.name} has no detector {detector}")
         data_id = {"instrument": instrument.name, "exposure": exposure["id"], "detector": detector}
         formatter = instrument.raw_formatter(data_id)
@@ -132,9 +126,7 @@ def prepare(path: Path) -> PreparedFile:
             RawDataset(
                 detector=detector,
                 locator=item.locator,
-                serial=None
-                if item.info.detector_serial is None
-                else str(item.info.detector_serial),
+                serial=item.detector_serial,
                 formatter=f"{formatter.__module__}.{formatter.__qualname__}",
             )
         )
@@ -142,9 +134,9 @@ def prepare(path: Path) -> PreparedFile:
         path=path,
         instrument=instrument,
         exposure=exposure,
-        day_obs=day_obs_record(instrument.name, first),
-        group=group_record(instrument.name, first),
-        visit=visit_records(instrument.name, exposure),
+        day_obs=records.day_obs,
+        group=records.group,
+        visit=records.visit,
         datasets=tuple(datasets),
     )
 
@@ -210,6 +202,7 @@ class RawIngester:
         self.transfer = transfer
         self.run = run
         self._applier = IngestApplier(butler.registry)
+        self._translator = HeaderTranslator()
 
     def ingest(self, paths: Iterable[Path], fail_fast: bool = False) -> Iterator[IngestOutcome]:
         """Ingest each file, yielding outcomes as they are known (in the order given).
@@ -220,7 +213,7 @@ class RawIngester:
         batch: list[PreparedFile] = []
         for path in paths:
             try:
-                prepared = prepare(path)
+                prepared = prepare(path, self._translator)
             except Exception as err:  # one outcome per file, whatever went wrong
                 yield from self._flush(batch)
                 batch = []

@@ -18,7 +18,7 @@ from ..bus.topics import INGEST_OUTCOMES, REGISTRY_COMMANDS
 from ..butler import Butler
 from ..core.errors import ObsbusError
 from ..core.timespan import now_ns
-from .headers import configure_offline_translation
+from .headers import HeaderTranslator, configure_offline_translation
 from .raws import IngestOutcome, prepare, raw_refs, to_command, transfer_file
 
 
@@ -43,6 +43,7 @@ class IngestHandler:
         self.butler = butler
         self.transfer = transfer
         self.name = name
+        self.translator = HeaderTranslator()
 
     def __call__(self, batch: Sequence[Incoming]) -> list[Outgoing]:
         return [self.handle(item.value) for item in batch]
@@ -50,7 +51,7 @@ class IngestHandler:
     def handle(self, arrival: dict[str, Any]) -> Outgoing:
         path = Path(arrival["path"])
         try:
-            prepared = prepare(path)
+            prepared = prepare(path, self.translator)
             run = prepared.instrument.raw_run()
             refs = raw_refs(self.butler.registry, prepared, run)
             with self.butler.datastore.transaction() as files:

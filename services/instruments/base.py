@@ -21,6 +21,7 @@ from astropy.io import fits
 from ..core.errors import InstrumentError, RecordConflictError
 from ..core.timespan import BEGIN_UNBOUNDED
 from ..datastore.formatters import FitsImageFormatter, Formatter
+from ..ingest.fitsfile import Hdu
 from ..registry.datasets import DatasetType
 from ..registry.registry import Registry
 
@@ -66,6 +67,14 @@ class Instrument:
     translator: ClassVar[type[Any] | None] = None
     # Package resource folder of curated calibrations ("package:folder"), if any.
     curated_calibrations: ClassVar[str | None] = None
+    # Derived from the declarations above (asked once per raw file).
+    _detectors_by_id: ClassVar[Mapping[int, DetectorDef]] = {}
+    _physical_filters: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._detectors_by_id = {d.id: d for d in cls.detectors}
+        cls._physical_filters = frozenset(f.physical_filter for f in cls.filters)
 
     # --- raw files ------------------------------------------------------------------------------
 
@@ -75,14 +84,15 @@ class Instrument:
         return FitsImageFormatter
 
     @classmethod
-    def raw_headers(cls, path: Path, hdus: Any) -> list[tuple[str | None, fits.Header]]:
-        """The headers to translate in an open raw file, each with its locator.
+    def raw_headers(cls, path: Path, hdus: Sequence[Hdu]) -> list[tuple[str | None, fits.Header]]:
+        """The headers to translate in a raw file (read for this call only), with locators.
 
         Default: one detector per file; the primary header, merged with the first image
         extension's when the primary holds no data (compressed or MEF-style raws).
         """
-        primary = hdus[0].header.copy()
+        primary = hdus[0].header
         if primary.get("NAXIS", 0) == 0 and len(hdus) > 1:
+            primary = primary.copy()
             primary.extend(hdus[1].header, strip=True, unique=True, update=True)
         return [(None, primary)]
 
@@ -92,10 +102,18 @@ class Instrument:
 
     @classmethod
     def detector(cls, detector_id: int) -> DetectorDef:
-        for det in cls.detectors:
-            if det.id == detector_id:
-                return det
-        raise InstrumentError(f"{cls.name} has no detector {detector_id}")
+        try:
+            return cls._detectors_by_id[detector_id]
+        except KeyError:
+            raise InstrumentError(f"{cls.name} has no detector {detector_id}") from None
+
+    @classmethod
+    def has_detector(cls, detector_id: int) -> bool:
+        return detector_id in cls._detectors_by_id
+
+    @classmethod
+    def physical_filters(cls) -> frozenset[str]:
+        return cls._physical_filters
 
     # --- collection names (one place for the naming convention) ---------------------------------
 

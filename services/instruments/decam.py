@@ -19,7 +19,7 @@ Facts and where they come from:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from astropy.io import fits
 
 from ..core.errors import UnknownDetectorError
 from ..datastore.formatters import FitsImageFormatter, Formatter
+from ..ingest.fitsfile import Hdu
 from .base import DetectorDef, FilterDef, Instrument, Purpose
 
 # CCDNUM, DETPOS, DETECTOR (serial).
@@ -101,11 +102,6 @@ def _ccdnum(header: fits.Header) -> int | None:
         return None
 
 
-def _holds_image(hdu: Any) -> bool:
-    image_types = (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)
-    return isinstance(hdu, image_types) and int(hdu.header.get("NAXIS", 0)) > 0
-
-
 class DarkEnergyCamera(Instrument):
     name = "DECam"
     filters = tuple(FilterDef(physical, band) for physical, band in _FILTERS.items())
@@ -124,18 +120,18 @@ class DarkEnergyCamera(Instrument):
         return DecamRawFormatter
 
     @classmethod
-    def raw_headers(cls, path: Path, hdus: Any) -> list[tuple[str | None, fits.Header]]:
+    def raw_headers(cls, path: Path, hdus: Sequence[Hdu]) -> list[tuple[str | None, fits.Header]]:
         """One header per image HDU holding a known CCD: the primary merged with the HDU's
         own cards (DECam extensions say INHERIT = T), located by "hdu=N"."""
-        known = {d.id for d in cls.detectors}
         out: list[tuple[str | None, fits.Header]] = []
-        for index, hdu in enumerate(hdus):
-            if not _holds_image(hdu) or _ccdnum(hdu.header) not in known:
+        for hdu in hdus:
+            ccd = _ccdnum(hdu.header)
+            if not hdu.holds_image or ccd is None or not cls.has_detector(ccd):
                 continue
             merged = hdus[0].header.copy()
-            if index != 0:
+            if hdu.index != 0:
                 merged.extend(hdu.header, strip=True, unique=True, update=True)
-            out.append((f"hdu={index}", merged))
+            out.append((f"hdu={hdu.index}", merged))
         if not out:
             raise UnknownDetectorError(f"{path}: no image HDU holds a known DECam CCD (CCDNUM)")
         return out

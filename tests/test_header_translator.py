@@ -1,0 +1,102 @@
+"""Translating an exposure's headers once: the same answers as translating every file in full."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from astro_metadata_translator import ObservationInfo
+
+from services.ingest.fitsfile import read_hdus
+from services.ingest.headers import (
+    USED_PROPERTIES,
+    HeaderTranslator,
+    configure_offline_translation,
+)
+from services.ingest.observation import exposure_records
+from services.ingest.raws import prepare
+from services.instruments.simcam.generator import ExposureSpec, write_exposure
+from tests.support import headers as hdrs
+
+HSC = "fitsheader-hsc.yaml"  # detector 50, exposure 904024
+
+
+def full_translation(path: Path) -> ObservationInfo:
+    """What ingest used to do for every file: translate its whole header."""
+    header = read_hdus(path)[0].header
+    return ObservationInfo(header, pedantic=False, subset=set(USED_PROPERTIES))
+
+
+def assert_same_as_full(path: Path, translator: HeaderTranslator) -> None:
+    prepared = prepare(path, translator)
+    info = full_translation(path)
+    expected = exposure_records(str(info.instrument), info)
+    assert prepared.exposure == expected.exposure
+    assert (prepared.day_obs, prepared.group, prepared.visit) == (
+        expected.day_obs,
+        expected.group,
+        expected.visit,
+    )
+    (dataset,) = prepared.datasets
+    assert dataset.detector == info.detector_num
+    assert dataset.serial == info.detector_serial
+
+
+def test_simcam_exposure_is_translated_once(tmp_path: Path) -> None:
+    configure_offline_translation()
+    detectors = [0, 1, 94, 95, 189, 197, 204]
+    science = write_exposure(tmp_path / "a", 7, "2024-11-25T02:00:00", detectors=detectors)
+    flat = write_exposure(
+        tmp_path / "b",
+        8,
+        "2024-11-25T02:01:00",
+        ExposureSpec("FLAT", exposure_time=5.0),
+        detectors=detectors,
+    )
+    translator = HeaderTranslator()
+    for path in [*science, *flat]:
+        assert_same_as_full(path, translator)
+    assert translator.full_translations == 2
+    # Coming back to the first exposure finds it still remembered.
+    assert_same_as_full(science[0], translator)
+    assert translator.full_translations == 2
+
+
+def test_real_hsc_headers_of_one_exposure(tmp_path: Path) -> None:
+    first = hdrs.write_single(HSC, tmp_path / "det50.fits")
+    second = hdrs.write_single(HSC, tmp_path / "det51.fits", **{"DET-ID": 51, "T_CCDSN": "121"})
+    translator = HeaderTranslator()
+    assert_same_as_full(first, translator)
+    assert_same_as_full(second, translator)
+    assert translator.full_translations == 1
+    assert [d.detector for d in prepare(second, translator).datasets] == [51]
+
+
+def test_a_differing_exposure_card_is_translated_again(tmp_path: Path) -> None:
+    first = hdrs.write_single(HSC, tmp_path / "det50.fits")
+    other = hdrs.write_single(HSC, tmp_path / "det51.fits", **{"DET-ID": 51, "EXPTIME": 31.0})
+    translator = HeaderTranslator()
+    prepare(first, translator)
+    assert prepare(other, translator).exposure["exposure_time"] == 31.0
+    assert translator.full_translations == 2
+
+
+def test_header_corrections_apply_before_the_comparison(tmp_path: Path) -> None:
+    # astro_metadata_translator ships a correction for HSCA00124400: DATA-TYP is OBJECT.
+    wrong = {"EXP-ID": "HSCA00124400", "DATA-TYP": "BIAS"}
+    first = hdrs.write_single(HSC, tmp_path / "det50.fits", **wrong)
+    second = hdrs.write_single(HSC, tmp_path / "det51.fits", **wrong, **{"DET-ID": 51})
+    translator = HeaderTranslator()
+    for path in (first, second):
+        prepared = prepare(path, translator)
+        assert prepared.exposure["observation_type"] == "science"
+        assert_same_as_full(path, translator)
+
+
+def test_decam_ccds_of_one_file(tmp_path: Path) -> None:
+    ccds = [{"CCDNUM": 25, "DETPOS": "N4"}, {"CCDNUM": 26, "DETPOS": "N5"}]
+    path = hdrs.write_mef("fitsheader-decam.yaml", tmp_path / "decam.fits", ccds)
+    translator = HeaderTranslator()
+    prepared = prepare(path, translator)
+    assert [(d.detector, d.locator) for d in prepared.datasets] == [(25, "hdu=1"), (26, "hdu=2")]
+    reference = hdrs.translate_dump("fitsheader-decam.yaml")
+    assert prepared.exposure["id"] == reference.exposure_id
