@@ -228,20 +228,22 @@ def test_a_rejected_command_does_not_undo_the_rest_of_its_batch(
 
     files = write_exposure(tmp_path / "landing", 1, "2024-11-26T01:00:00", detectors=[0, 1])
     ingest = IngestHandler(repo)
-    commands = [
-        ingest.handle(
-            {
-                "arrival_id": str(uuid.uuid4()),
-                "path": str(f),
-                "folder": "x",
-                "size": 1,
-                "mtime_ns": 0,
-                "detected_at_ns": 0,
-                "watcher": "t",
-            }
-        ).value
-        for f in sorted(files)
-    ]
+    with repo.datastore.transaction(batch_sync=True) as txn:
+        commands = [
+            ingest.handle(
+                {
+                    "arrival_id": str(uuid.uuid4()),
+                    "path": str(f),
+                    "folder": "x",
+                    "size": 1,
+                    "mtime_ns": 0,
+                    "detected_at_ns": 0,
+                    "watcher": "t",
+                },
+                txn,
+            ).value
+            for f in sorted(files)
+        ]
     handler = RegistryHandler(repo.registry, "test")
 
     def incoming(value: dict[str, object], offset: int) -> Incoming:

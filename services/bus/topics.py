@@ -25,7 +25,7 @@ class Topic:
 RAW_ARRIVALS = Topic(
     "obsbus.raw.arrivals",
     "RawArrival",
-    "landing folder of the file (one exposure's files share it)",
+    "path of the file (an exposure's files spread over the ingest workers)",
     6,
     doc="A complete raw file appeared in a watched landing folder.",
 )

@@ -260,7 +260,7 @@ class RawIngester:
         """Land prepared files of one exposure: records, datasets and files, all or nothing."""
         registry = self.butler.registry
         run = self.run or batch[0].instrument.raw_run()
-        with self.butler.datastore.transaction() as files, registry.transaction():
+        with self.butler.datastore.transaction(batch_sync=True) as files, registry.transaction():
             self._applier.new_batch()
             commands = []
             for prepared in batch:
@@ -268,6 +268,7 @@ class RawIngester:
                 stored = transfer_file(files, prepared, refs, self.transfer)
                 commands.append(to_command(prepared, run, refs, stored))
             results = self._applier.apply_many(commands)
+            files.make_durable()  # the files, then the rows that point at them
         outcomes = []
         for prepared, command, result in zip(batch, commands, results, strict=True):
             outcomes.append(

@@ -18,6 +18,7 @@ from ..bus.topics import INGEST_OUTCOMES, REGISTRY_COMMANDS
 from ..butler import Butler
 from ..core.errors import ObsbusError
 from ..core.timespan import now_ns
+from ..datastore.datastore import DatastoreTransaction
 from .headers import HeaderTranslator, configure_offline_translation
 from .raws import IngestOutcome, prepare, raw_refs, to_command, transfer_file
 
@@ -46,16 +47,17 @@ class IngestHandler:
         self.translator = HeaderTranslator()
 
     def __call__(self, batch: Sequence[Incoming]) -> list[Outgoing]:
-        return [self.handle(item.value) for item in batch]
+        # The batch's copies are made durable together, before any command is sent.
+        with self.butler.datastore.transaction(batch_sync=True) as files:
+            return [self.handle(item.value, files) for item in batch]
 
-    def handle(self, arrival: dict[str, Any]) -> Outgoing:
+    def handle(self, arrival: dict[str, Any], files: DatastoreTransaction) -> Outgoing:
         path = Path(arrival["path"])
         try:
             prepared = prepare(path, self.translator)
             run = prepared.instrument.raw_run()
             refs = raw_refs(self.butler.registry, prepared, run)
-            with self.butler.datastore.transaction() as files:
-                stored = transfer_file(files, prepared, refs, self.transfer)
+            stored = transfer_file(files, prepared, refs, self.transfer)
         except Exception as err:  # every file gets an outcome, whatever went wrong
             code = err.code if isinstance(err, ObsbusError) else "unexpected"
             failed = IngestOutcome(

@@ -117,7 +117,7 @@ class Watcher:
         for arrival in arrivals:
             self.bus.send(
                 RAW_ARRIVALS.name,
-                arrival["folder"].encode(),
+                arrival["path"].encode(),
                 codec.encode(RAW_ARRIVALS.record, arrival),
             )
         if arrivals:
