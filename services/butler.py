@@ -26,6 +26,7 @@ from .core.config import (
 from .core.errors import DatasetNotFoundError, ObsbusError
 from .core.timespan import Timespan
 from .datastore.datastore import FileDatastore, StoredFile
+from .datastore.formatters import load_formatter
 from .registry.datasets import DatasetRef, DatasetType, IdGenerationMode, InsertOutcome
 from .registry.registry import CalibrationMatch, Registry
 
@@ -218,9 +219,48 @@ class Butler:
     def stored_file(self, ref: DatasetRef | uuid.UUID) -> StoredFile:
         return self.registry.stored_file(ref.id if isinstance(ref, DatasetRef) else ref)
 
-    def get(self, ref: DatasetRef | uuid.UUID, component: str | None = None) -> Any:
-        """Read a dataset back, using only its datastore record."""
-        return self.datastore.read(self.stored_file(ref), component)
+    def get(
+        self,
+        ref: DatasetRef | uuid.UUID,
+        component: str | None = None,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Read a dataset back, using only its datastore record.
+
+        ``parameters`` are what a component needs to pick its part out of the dataset, e.g.
+        ``get(camera_ref, "detector", parameters={"detector": 94})``.
+        """
+        return self.datastore.read(self.stored_file(ref), component, parameters)
+
+    def component_parameters(self, ref: DatasetRef | uuid.UUID, component: str) -> frozenset[str]:
+        """The parameters ``component`` of this dataset needs (by its stored formatter)."""
+        formatter = load_formatter(self.stored_file(ref).formatter)
+        return formatter.component_parameters.get(component, frozenset())
+
+    def find_and_get(
+        self,
+        dataset_type: str,
+        data_id: Mapping[str, Any],
+        collections: Sequence[str],
+        timespan: Timespan | None = None,
+        as_of: int | None = None,
+    ) -> tuple[CalibrationMatch, Any]:
+        """Find ``TYPE`` or ``TYPE.COMPONENT`` and read it.
+
+        A component's parameters come from the data ID, so a key beyond the parent's
+        dimensions addresses the part: ``find_and_get("camera.detector", {"instrument":
+        "SimCam", "detector": 94}, ["SimCam/calib"], Timespan.at("2024-03-01"))`` is detector
+        94's description in the camera version valid then.
+        """
+        match = self.find(dataset_type, data_id, collections, timespan, as_of)
+        _, component = DatasetType.split_component(dataset_type)
+        if component is None:
+            return match, self.get(match.ref)
+        wanted = self.component_parameters(match.ref, component)
+        typed = self._typed(data_id)
+        parameters = {name: typed[name] for name in wanted if name in typed}
+        return match, self.get(match.ref, component, parameters=parameters)
 
     def uri(self, ref: DatasetRef | uuid.UUID) -> str:
         return self.datastore.uri(self.stored_file(ref))

@@ -1,4 +1,11 @@
-"""Domain objects ⇄ Avro values, for every message obsbus sends (schemas/ has the shapes)."""
+"""Domain objects ⇄ Avro values, for every message obsbus sends (schemas/ has the shapes).
+
+A calibration suite (``CertifySuite``) travels as the ``Certify`` branch of the command union
+(RegistryCommand v2 gave it ``adjustments`` and ``further`` items, both defaulting to empty, so
+every version reads every other): its first item fills the plain Certify fields. A Certify
+value with adjustments or further items reads back as a CertifySuite, a plain one as Certify
+(a suite of one without adjustments is the same change).
+"""
 
 from __future__ import annotations
 
@@ -19,10 +26,12 @@ from ..registry.commands import (
     SetChain,
 )
 from ..registry.datasets import DatasetRef, DatasetType
+from ..registry.suites import CertifyItem, CertifySuite, ValidityAdjustment
 
 _BRANCHES = {
     IngestRaw: "obsbus.IngestRaw",
     Certify: "obsbus.Certify",
+    CertifySuite: "obsbus.Certify",
     Decertify: "obsbus.Decertify",
     SetChain: "obsbus.SetChain",
 }
@@ -84,7 +93,11 @@ def registry_command(
             "begin_ns": cmd.timespan.begin,
             "end_ns": cmd.timespan.end,
             "request_id": cmd.request_id,
+            "adjustments": [],
+            "further": [],
         }
+    elif isinstance(cmd, CertifySuite):
+        body = _suite_body(cmd)
     elif isinstance(cmd, Decertify):
         body = {
             "collection": cmd.collection,
@@ -141,6 +154,8 @@ def command_from(value: Mapping[str, Any]) -> Command:
             datasets=tuple(datasets),
             stored=tuple(stored),
         )
+    if name == "obsbus.Certify" and (fields.get("adjustments") or fields.get("further")):
+        return _suite_from(fields)
     if name == "obsbus.Certify":
         return Certify(
             fields["collection"],
@@ -160,6 +175,60 @@ def command_from(value: Mapping[str, Any]) -> Command:
     if name == "obsbus.SetChain":
         return SetChain(fields["parent"], tuple(fields["children"]))
     raise InputError(f"unknown registry command {name!r}")
+
+
+def _suite_body(cmd: CertifySuite) -> dict[str, Any]:
+    first, *further = cmd.items
+    return {
+        "collection": cmd.collection,
+        "dataset_ids": list(first.dataset_ids),
+        "begin_ns": first.timespan.begin,
+        "end_ns": first.timespan.end,
+        "request_id": cmd.request_id,
+        "adjustments": [adjustment_value(a) for a in cmd.adjustments],
+        "further": [
+            {
+                "dataset_ids": list(item.dataset_ids),
+                "begin_ns": item.timespan.begin,
+                "end_ns": item.timespan.end,
+            }
+            for item in further
+        ],
+    }
+
+
+def _suite_from(fields: Mapping[str, Any]) -> CertifySuite:
+    items = [fields, *fields["further"]]
+    return CertifySuite(
+        fields["collection"],
+        tuple(
+            CertifyItem(tuple(i["dataset_ids"]), Timespan(i["begin_ns"], i["end_ns"]))
+            for i in items
+        ),
+        tuple(adjustment_from(a) for a in fields["adjustments"]),
+        fields["request_id"],
+    )
+
+
+def adjustment_value(adjustment: ValidityAdjustment) -> dict[str, Any]:
+    """A ValidityAdjustment (RegistryCommand) or ValidityChange (BlessingRequest) value."""
+    return {
+        "dataset_type": adjustment.dataset_type,
+        "data_id": dict(adjustment.data_id),
+        "action": adjustment.action,
+        "begin_ns": adjustment.begin,
+        "end_ns": adjustment.end,
+    }
+
+
+def adjustment_from(value: Mapping[str, Any]) -> ValidityAdjustment:
+    return ValidityAdjustment(
+        value["dataset_type"],
+        dict(value["data_id"]),
+        value["action"],
+        value["begin_ns"],
+        value["end_ns"],
+    )
 
 
 def _guess_branch(body: Mapping[str, Any]) -> str:

@@ -113,10 +113,17 @@ CURATED_TYPES: Mapping[str, CuratedType] = {
         CuratedType(
             "camera",
             None,
-            "StructuredDataDict",
+            "Camera",
             "the camera description: detectors (id, name, serial) and their amplifiers",
         ),
     )
+}
+
+# Storage classes a curated type had in repositories made before it got its own, still
+# written to there: a dataset type's storage class cannot change under existing datasets.
+# (Those repositories' cameras are plain dicts, without the ``detector`` component.)
+_EARLIER_STORAGE_CLASSES: Mapping[str, frozenset[str]] = {
+    "camera": frozenset({"StructuredDataDict"})
 }
 
 # Metadata keys (lower case) that say what a file is, by what they must agree with.
@@ -418,6 +425,21 @@ def _refuse_used(existing: Mapping[str, CollectionType], names: Sequence[str]) -
             )
 
 
+def _registered_type(butler: Butler, curated: CuratedType) -> DatasetType:
+    """Register ``curated``'s dataset type, or keep the one an older repository has."""
+    wanted = curated.dataset_type
+    existing = {t.name: t for t in butler.registry.query_dataset_types()}.get(curated.name)
+    earlier = _EARLIER_STORAGE_CLASSES.get(curated.name, frozenset())
+    if existing is not None and existing.storage_class in earlier:
+        kept = DatasetType(
+            wanted.name, wanted.dimensions, existing.storage_class, wanted.is_calibration
+        )
+        if kept == existing:
+            return existing
+    butler.registry.register_dataset_type(wanted)
+    return wanted
+
+
 def write_curated_calibrations(
     butler: Butler,
     instrument: type[Instrument],
@@ -457,11 +479,10 @@ def write_curated_calibrations(
             if not registry.register_collection(name, type_, doc):
                 _refuse_used({name: type_}, [name])
         registry.set_chain(parent, list(runs.values()))
-        for curated in tree.types:
-            registry.register_dataset_type(curated.dataset_type)
+        dataset_types = {c.name: _registered_type(butler, c) for c in tree.types}
         refs = [
             registry.make_ref(
-                f.curated_type.dataset_type,
+                dataset_types[f.curated_type.name],
                 f.data_id,
                 runs[f.timespan.db_begin],
                 IdGenerationMode.DATAID_TYPE_RUN,

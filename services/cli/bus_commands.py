@@ -15,11 +15,11 @@ from typing import Any
 
 from ..bus import codec
 from ..bus.config import KafkaSettings
-from ..bus.topics import ALL_TOPICS, BLESSING_REQUESTS, CALIB_OUTCOMES, REGISTRY_COMMANDS, topic
+from ..bus.topics import ALL_TOPICS, REGISTRY_COMMANDS, topic
 from ..bus.transport import KafkaBus
 from ..core.dimensions import parse_data_id_args
-from ..core.errors import BlessingRejectedError, BusError, ObsbusError
-from ..core.timespan import Timespan, now_ns, ns_to_iso
+from ..core.errors import ObsbusError
+from ..core.timespan import Timespan, ns_to_iso
 from . import up as up_mod
 
 Sub = Any
@@ -207,54 +207,25 @@ def _line(row: dict[str, Any]) -> str:
 
 
 def cmd_bless(args: argparse.Namespace) -> int:
+    from ..calib.client import request_blessing, single_suite
+
     timespan = Timespan.from_times(args.begin_date, args.end_date)
-    request_id = str(uuid.uuid4())
-    request = {
-        "request_id": request_id,
-        "collection": args.collection,
-        "dataset_type": args.dataset_type,
-        "run": args.run,
-        "data_ids": [parse_data_id_args(items) for items in args.data_id],
-        "begin_ns": timespan.begin,
-        "end_ns": timespan.end,
-        "requested_by": os.environ.get("USER", "unknown"),
-        "reason": args.reason,
-        "adjustments": [],
-        "requested_at_ns": now_ns(),
-    }
-    bus = kafka_bus("obsbus-bless")
-    consumer = bus.consumer(f"obsbus-bless-{request_id}", [CALIB_OUTCOMES.name])
-    try:
-        consumer.poll(1.0, 1)  # join before sending, then read only what comes after
-        for tp in consumer.assignment():
-            consumer.seek(tp, bus.end_offsets(tp[0]).get(tp[1], 0))
-        bus.send(
-            BLESSING_REQUESTS.name,
-            args.collection.encode(),
-            codec.encode(BLESSING_REQUESTS.record, request),
-        )
-        bus.flush()
-        deadline = time.monotonic() + args.timeout
-        while time.monotonic() < deadline:
-            for d in consumer.poll(0.5, 100):
-                outcome = codec.decode(d.value).value
-                if outcome["request_id"] == request_id:
-                    return _report_blessing(outcome)
-    finally:
-        consumer.close()
-        bus.close()
-    raise BusError(
-        f"no answer to blessing request {request_id} within {args.timeout:g} s; are the calib "
-        "and registry services running? (`obsbus status REPO`)"
+    suite = single_suite(
+        args.collection,
+        args.dataset_type,
+        args.run,
+        data_ids=[parse_data_id_args(items) for items in args.data_id],
+        begin_ns=timespan.begin,
+        end_ns=timespan.end,
+        reason=args.reason,
     )
-
-
-def _report_blessing(outcome: dict[str, Any]) -> int:
-    if outcome["status"] != "blessed":
-        raise BlessingRejectedError(
-            f"blessing rejected [{outcome['reason']}]: {outcome['message']}"
-        )
-    print(f"blessed into {outcome['collection']}: {outcome['message']}")
+    bus = kafka_bus("obsbus-bless")
+    try:
+        outcome = request_blessing(bus, suite, timeout_s=args.timeout)
+    finally:
+        bus.close()
+    outcome.raise_if_rejected()
+    print(f"blessed into {outcome.collection}: {outcome.message}")
     return 0
 
 

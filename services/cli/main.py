@@ -22,6 +22,7 @@ from . import (
     ingest_commands,
     query_commands,
     repo_commands,
+    suite_commands,
 )
 
 PROG = "obsbus"
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         calib_commands,
         curated_commands,
         bus_commands,
+        suite_commands,
         simcam_cli,
     ):
         module.add_commands(sub, common)

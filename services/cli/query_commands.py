@@ -6,6 +6,7 @@ import argparse
 import json
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ from ..butler import Butler
 from ..core.dimensions import parse_data_id_args
 from ..core.errors import DataIdError, InputError
 from ..core.timespan import Timespan, now_ns, ns_to_iso, parse_time, time_to_ns
+from ..registry.calib_lookup import find_all_calibrations
 from ..registry.collections import CollectionType
+from ..registry.registry import CalibrationMatch
 from .output import emit, record_row, ref_row
 
 Sub = Any
@@ -85,6 +88,16 @@ def add_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
     _lookup_args(p, pairs=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_find_calibration)
+
+    p = sub.add_parser(
+        "find-calibrations",
+        parents=[common],
+        help="every calibration that applies to an exposure and detector (one or many)",
+    )
+    p.add_argument("repo", type=Path)
+    _lookup_args(p, pairs=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_find_calibrations)
 
 
 def cmd_query_collections(args: argparse.Namespace) -> int:
@@ -156,15 +169,18 @@ def cmd_get(args: argparse.Namespace) -> int:
     with Butler.open(args.repo) as butler:
         values: dict[str, Any] = parse_data_id_args(args.data_id)
         ts = _when(butler, args, values)
-        match = butler.find(args.dataset_type, values, args.collections, ts, _as_of(args))
-        _, component = args.dataset_type.partition(".")[::2]
-        if args.uri:
-            print(butler.uri(match.ref))
-        elif args.output:
-            _copy_out(butler.datastore.local_path(butler.stored_file(match.ref)), args.output)
-            print(f"wrote {args.output}")
+        if args.uri or args.output:
+            match = butler.find(args.dataset_type, values, args.collections, ts, _as_of(args))
+            if args.uri:
+                print(butler.uri(match.ref))
+            else:
+                _copy_out(butler.datastore.local_path(butler.stored_file(match.ref)), args.output)
+                print(f"wrote {args.output}")
         else:
-            _print_object(butler.get(match.ref, component or None), args.json)
+            found = butler.find_and_get(
+                args.dataset_type, values, args.collections, ts, _as_of(args)
+            )
+            _print_object(found[1], args.json)
     return 0
 
 
@@ -226,6 +242,26 @@ def cmd_find_calibration(args: argparse.Namespace) -> int:
 def _find_many(
     butler: Butler, args: argparse.Namespace, shared: dict[str, Any], as_of: int
 ) -> list[dict[str, Any]]:
+    queries = _pair_queries(butler, args, shared)
+    matches = butler.registry.find_calibrations_bulk(
+        args.dataset_type, args.collections, queries, as_of
+    )
+    rows = []
+    for (values, _), match in zip(queries, matches, strict=True):
+        if match is None:
+            rows.append({**values, "dataset_id": None})
+            continue
+        row = ref_row(
+            butler, match.ref, collection=match.collection, timespan=match.timespan, with_file=False
+        )
+        rows.append({**values, **row})
+    return rows
+
+
+def _pair_queries(
+    butler: Butler, args: argparse.Namespace, shared: dict[str, Any]
+) -> list[tuple[dict[str, Any], Timespan]]:
+    """The (data ID, timespan) lookups of a ``--pairs`` table, exposures expanded."""
     from .repo_commands import read_table_rows
 
     lookups = [{**shared, **row} for row in read_table_rows(args.pairs)]
@@ -249,14 +285,40 @@ def _find_many(
     expanded = registry.with_exposures([lookups[i] for i in with_exposure])
     for i, item in zip(with_exposure, expanded, strict=True):
         queries[i] = item
-    matches = registry.find_calibrations_bulk(args.dataset_type, args.collections, queries, as_of)
-    rows = []
-    for (values, _), match in zip(queries, matches, strict=True):
-        if match is None:
-            rows.append({**values, "dataset_id": None})
-            continue
-        row = ref_row(
+    return queries
+
+
+def cmd_find_calibrations(args: argparse.Namespace) -> int:
+    """Every calibration type's dataset that applies, per lookup; "none" where none does."""
+    as_of = _as_of(args)
+    with Butler.open(args.repo) as butler:
+        shared: dict[str, Any] = parse_data_id_args(args.data_id)
+        if args.pairs is not None:
+            queries = _pair_queries(butler, args, shared)
+        else:
+            ts = _when(butler, args, shared)
+            if ts is None:
+                raise InputError("give --time, --exposure or --pairs")
+            queries = [(shared, ts)]
+        found = find_all_calibrations(butler.registry, args.collections, queries, as_of)
+        rows = [
+            _calibration_row(butler, lookup.data_id, name, match)
+            for lookup in found
+            for name, match in lookup.found.items()
+        ]
+    emit(rows, args.json, "no calibration dataset types apply to that data ID")
+    return 0
+
+
+def _calibration_row(
+    butler: Butler, data_id: Mapping[str, Any], dataset_type: str, match: CalibrationMatch | None
+) -> dict[str, Any]:
+    row: dict[str, Any] = {**data_id, "dataset_type": dataset_type, "found": "none"}
+    if match is not None:
+        row["found"] = "yes"
+        row |= ref_row(
             butler, match.ref, collection=match.collection, timespan=match.timespan, with_file=False
         )
-        rows.append({**values, **row})
-    return rows
+        del row["dataset_type"]  # ref_row repeats it first; keep the lookup's column order
+        row = {"dataset_type": dataset_type, **row}
+    return row

@@ -203,6 +203,12 @@ class BlessingRejectedError(CalibrationError):
     code = "blessing_rejected"
 
 
+class AdjustmentMismatchError(CalibrationError):
+    """A declared change to a certified range (a suite's adjustment) matches no live range."""
+
+    code = "adjustment_mismatch"
+
+
 class TimespanError(ObsbusError):
     code = "bad_timespan"
 
@@ -224,6 +230,19 @@ class PathEscapeError(DatastoreError):
 
 class FormatterError(DatastoreError):
     code = "formatter"
+
+
+class ComponentParameterError(FormatterError):
+    """A component needs a parameter to pick its part out of the dataset (camera.detector
+    needs the detector) and none was given."""
+
+    code = "component_parameter"
+
+
+class CameraDetectorNotFoundError(DatastoreError):
+    """The camera version that applies has no such detector."""
+
+    code = "camera_detector_not_found"
 
 
 class StorageClassError(DatastoreError):

@@ -140,10 +140,17 @@ class FileDatastore:
         """An absolute ``file://`` URI for the stored file."""
         return stored.path if stored.is_direct else self.local_path(stored).as_uri()
 
-    def read(self, stored: StoredFile, component: str | None = None) -> Any:
-        """Read a dataset (or one component) using only what ``stored`` records."""
-        formatter = load_formatter(stored.formatter)(stored.locator)
+    def read(
+        self,
+        stored: StoredFile,
+        component: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Read a dataset (or one component, with the parameters it needs) using only what
+        ``stored`` records."""
+        formatter = load_formatter(stored.formatter)(stored.locator, parameters)
         formatter.check_component(component)
+        formatter.check_parameters(component)
         path = self._existing_file(stored)
         try:
             return formatter.read(path, component)

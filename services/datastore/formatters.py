@@ -11,7 +11,9 @@ import importlib
 import inspect
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,7 +21,7 @@ import yaml
 from astropy.io import fits
 from astropy.table import Table
 
-from services.core.errors import FormatterError
+from services.core.errors import ComponentParameterError, FormatterError
 
 
 class Formatter(ABC):
@@ -27,14 +29,21 @@ class Formatter(ABC):
 
     ``components`` names the parts ``read`` can return on their own (e.g. a FITS header
     without the pixels); asking for any other component raises ``FormatterError``.
+    ``component_parameters`` names, per component, the parameters it needs to pick its part
+    out of the dataset: a camera's ``detector`` component needs ``detector`` (an id), which
+    is not one of the camera's own dimensions.
     """
 
     extension: ClassVar[str]
     components: ClassVar[frozenset[str]] = frozenset()
+    component_parameters: ClassVar[Mapping[str, frozenset[str]]] = MappingProxyType({})
 
-    def __init__(self, locator: str | None = None) -> None:
+    def __init__(
+        self, locator: str | None = None, parameters: Mapping[str, Any] | None = None
+    ) -> None:
         # Which part of the file to read when it holds several datasets (see StoredFile).
         self.locator = locator
+        self.parameters = dict(parameters or {})
 
     @abstractmethod
     def read(self, path: Path, component: str | None = None) -> Any:
@@ -52,6 +61,26 @@ class Formatter(ABC):
         raise FormatterError(
             f"{type(self).__name__} has no component {component!r} (supported: {supported})"
         )
+
+    def check_parameters(self, component: str | None) -> None:
+        """Raise unless ``parameters`` are exactly those ``component`` needs.
+
+        A missing one is a ``ComponentParameterError`` (the caller left out a key); one the
+        component does not take is a ``FormatterError``.
+        """
+        wanted = self.component_parameters.get(component or "", frozenset())
+        what = f"component {component!r}" if component else "the whole dataset"
+        extra = sorted(set(self.parameters) - wanted)
+        if extra:
+            raise FormatterError(
+                f"{type(self).__name__}: {what} takes no parameter {', '.join(extra)}"
+            )
+        missing = sorted(wanted - set(self.parameters))
+        if missing:
+            raise ComponentParameterError(
+                f"{what} needs {', '.join(missing)} to pick its part out of the dataset; "
+                f"give it (e.g. --data-id {missing[0]}=VALUE)"
+            )
 
     def _require(self, obj: Any, types: tuple[type, ...], what: str) -> None:
         if not isinstance(obj, types):

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from services.core.errors import StorageClassError
+from services.datastore.camera import CameraJsonFormatter, CameraYamlFormatter
 from services.datastore.formatters import (
     EcsvFormatter,
     FitsImageFormatter,
@@ -39,6 +40,14 @@ STORAGE_CLASSES: Mapping[str, StorageClass] = MappingProxyType(
             StorageClass("StructuredDataDict", "dict | list", YamlFormatter, (), (JsonFormatter,)),
             StorageClass("Json", "dict | list", JsonFormatter),
             StorageClass("AstropyTable", "astropy.table.Table", EcsvFormatter, ("columns",)),
+            # A dict checked as a camera.Camera; component "detector" takes parameter "detector".
+            StorageClass(
+                "Camera",
+                "dict (a camera description)",
+                CameraYamlFormatter,
+                ("detector",),
+                (CameraJsonFormatter,),
+            ),
         )
     }
 )

@@ -18,6 +18,7 @@ from ..datastore.datastore import StoredFile
 from .collections import CollectionType
 from .datasets import DatasetRef, DatasetType
 from .registry import Registry
+from .suites import CertifySuite, apply_suite
 
 Record = dict[str, Any]
 
@@ -71,7 +72,7 @@ class SetChain:
     children: tuple[str, ...]
 
 
-Command = IngestRaw | Certify | Decertify | SetChain
+Command = IngestRaw | Certify | CertifySuite | Decertify | SetChain
 
 
 @dataclass
@@ -206,8 +207,11 @@ def _key_columns(registry: Registry, element: str) -> Sequence[str]:
     return registry.universe[element].key_columns
 
 
-def apply_command(registry: Registry, cmd: Certify | Decertify | SetChain) -> int:
-    """Apply a calibration or chain command; returns how many rows it changed."""
+def apply_command(registry: Registry, cmd: Certify | CertifySuite | Decertify | SetChain) -> int:
+    """Apply a calibration or chain command; returns how many rows it changed (for a suite:
+    how many validity ranges it certified)."""
+    if isinstance(cmd, CertifySuite):
+        return apply_suite(registry, cmd).certified
     if isinstance(cmd, Certify):
         refs = [registry.get_dataset(uuid.UUID(i)) for i in cmd.dataset_ids]
         # Blessing into a new collection creates it, in the same transaction as the certify.

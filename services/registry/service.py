@@ -26,6 +26,7 @@ from ..ingest.service import exposure_key, outcome_value
 from .commands import Certify, Decertify, IngestApplier, IngestRaw, IngestResult, apply_command
 from .registry import Registry
 from .schema import build_metadata
+from .suites import CertifySuite
 
 
 class RegistryHandler:
@@ -151,9 +152,11 @@ class RegistryHandler:
             changed = apply_command(self.registry, cmd)
         except ObsbusError as err:
             return self._rejected(value, key, err)
-        kind = {Certify: "certified", Decertify: "decertified"}.get(type(cmd), "chain-defined")
+        kind = {Certify: "certified", CertifySuite: "certified", Decertify: "decertified"}.get(
+            type(cmd), "chain-defined"
+        )
         out = [self._event(command_id, key, kind, f"{kind}: {changed} row(s)")]
-        if isinstance(cmd, Certify | Decertify) and cmd.request_id is not None:
+        if isinstance(cmd, Certify | CertifySuite | Decertify) and cmd.request_id is not None:
             out.append(
                 self._calib_outcome(
                     cmd.request_id,
@@ -206,6 +209,7 @@ class RegistryHandler:
         )
         return [
             event,
+            *self._swapped(item.value["command_id"], event.key, cmd, exposure, result),
             Outgoing(
                 INGEST_OUTCOMES.name,
                 key,
@@ -213,6 +217,40 @@ class RegistryHandler:
                 outcome_value(outcome, _arrival(item.value)),
             ),
         ]
+
+    def _swapped(
+        self, command_id: str, key: str | None, cmd: IngestRaw, exposure: int, result: IngestResult
+    ) -> list[Outgoing]:
+        """One "detector-swapped" event per new device in a slot, for whoever watches swaps.
+
+        A swap is found only when its installation is first recorded, so a repeated raw, a
+        later exposure with the same device or a restarted service finds none; a replay
+        publishes nothing. Like every answer the event is stored in bus_processed: a command
+        redelivered after a crash between commit and offset commit sends it again unchanged
+        (same command_id, detector and since_ns), which is how a watcher recognises it.
+        """
+        since = {i.detector: i.since_ns for i in cmd.installations}
+        out = []
+        for swap in result.swaps:
+            detector = int(swap["detector"])
+            event = self._event(
+                command_id,
+                key,
+                "detector-swapped",
+                f"{cmd.instrument} detector {detector}: {swap['old_serial']} replaced by "
+                f"{swap['new_serial']} from exposure {exposure}",
+                file=cmd.file,
+            )
+            event.value.update(
+                instrument=cmd.instrument,
+                detector=detector,
+                old_serial=swap["old_serial"],
+                new_serial=swap["new_serial"],
+                exposure=exposure,
+                since_ns=since[detector],
+            )
+            out.append(event)
+        return out
 
     def _rejected(
         self, value: dict[str, Any], key: str | None, err: ObsbusError, file: str | None = None

@@ -1,0 +1,134 @@
+"""Asking the calibration service to bless, from Python or the CLI, and waiting for its answer.
+
+    from services.calib.client import bless_suite
+    from services.calib.suite import load_suite
+
+    outcome = bless_suite(load_suite(Path("suite.yaml")))   # raises BlessingRejectedError
+    print(outcome.certified)
+
+A single blessing is a suite of one calibration (``single_suite``). The request is published on
+``obsbus.calib.blessing-requests`` and the answer read from ``obsbus.calib.outcomes``; the
+broker comes from the environment (``OBSBUS_KAFKA_BOOTSTRAP``...), or pass a ``bus``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..bus import codec
+from ..bus.config import KafkaSettings
+from ..bus.topics import BLESSING_REQUESTS, CALIB_OUTCOMES
+from ..bus.transport import Bus
+from ..core.errors import BlessingRejectedError, BusError
+from .suite import CalibrationSpec, Suite
+
+
+@dataclass(frozen=True)
+class BlessingOutcome:
+    request_id: str
+    collection: str
+    status: str  # "blessed" or "rejected"
+    reason: str | None  # the error code when rejected
+    message: str
+    certified: int
+
+    @classmethod
+    def from_value(cls, value: Mapping[str, Any]) -> BlessingOutcome:
+        return cls(
+            value["request_id"],
+            value["collection"],
+            value["status"],
+            value["reason"],
+            value["message"],
+            value["certified"],
+        )
+
+    def raise_if_rejected(self) -> BlessingOutcome:
+        if self.status != "blessed":
+            raise BlessingRejectedError(f"blessing rejected [{self.reason}]: {self.message}")
+        return self
+
+
+def single_suite(
+    collection: str,
+    dataset_type: str,
+    run: str,
+    *,
+    data_ids: Sequence[Mapping[str, Any]] = (),
+    begin_ns: int | None = None,
+    end_ns: int | None = None,
+    reason: str = "",
+    requested_by: str | None = None,
+) -> Suite:
+    """The suite of one calibration that ``obsbus bless`` sends."""
+    return Suite(
+        collection=collection,
+        reason=reason,
+        requested_by=requested_by,
+        calibrations=[
+            CalibrationSpec.model_validate(
+                {
+                    "dataset_type": dataset_type,
+                    "run": run,
+                    "data_ids": [dict(d) for d in data_ids],
+                    "begin": begin_ns,
+                    "end": end_ns,
+                },
+                context={"ns": True},
+            )
+        ],
+    )
+
+
+def request_blessing(
+    bus: Bus, suite: Suite, *, timeout_s: float = 60.0, requested_by: str | None = None
+) -> BlessingOutcome:
+    """Publish the suite as one BlessingRequest and wait for its CalibrationOutcome."""
+    request_id = str(uuid.uuid4())
+    request = suite.request(request_id, requested_by)
+    consumer = bus.consumer(f"obsbus-bless-{request_id}", [CALIB_OUTCOMES.name])
+    try:
+        consumer.poll(1.0, 1)  # join before sending, then read only what comes after
+        for tp in consumer.assignment():
+            consumer.seek(tp, bus.end_offsets(tp[0]).get(tp[1], 0))
+        bus.send(
+            BLESSING_REQUESTS.name,
+            suite.collection.encode(),
+            codec.encode(BLESSING_REQUESTS.record, request),
+        )
+        bus.flush()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for d in consumer.poll(0.5, 100):
+                outcome = codec.decode(d.value).value
+                if outcome["request_id"] == request_id:
+                    return BlessingOutcome.from_value(outcome)
+    finally:
+        consumer.close()
+    raise BusError(
+        f"no answer to blessing request {request_id} within {timeout_s:g} s; are the calib "
+        "and registry services running? (`obsbus status REPO`)"
+    )
+
+
+def bless_suite(
+    suite: Suite,
+    *,
+    bus: Bus | None = None,
+    timeout_s: float = 60.0,
+    requested_by: str | None = None,
+) -> BlessingOutcome:
+    """Bless a suite through the calibration service; raises BlessingRejectedError if refused
+    (nothing of the suite applied), BusError if no answer comes in time."""
+    own = bus is None
+    active = KafkaSettings().bus("obsbus-bless") if bus is None else bus
+    try:
+        outcome = request_blessing(active, suite, timeout_s=timeout_s, requested_by=requested_by)
+    finally:
+        if own:
+            active.close()
+    return outcome.raise_if_rejected()
