@@ -65,6 +65,10 @@ class Counters:
     dead_lettered: int = 0
     retried: int = 0
     lag: int = 0
+    # Seconds spent so far in each part of the loop: where a slow service waits.
+    handle_s: float = 0.0
+    produce_s: float = 0.0
+    commit_s: float = 0.0
 
 
 @dataclass
@@ -116,11 +120,14 @@ class ServiceLoop:
                 outputs.append(self._dead_letter(d, err))
                 continue
             incoming.append(Incoming(d, message.record_name, message.value))
+        started = time.perf_counter()
         try:
             outputs.extend(self._handle(incoming))
         except DatabaseUnavailableError as err:
             self._rewind(deliveries, err)
             return 0
+        handled = time.perf_counter()
+        self.counters.handle_s += handled - started
         encoded = [
             (o.topic, None if o.key is None else o.key.encode(), codec.encode(o.record, o.value))
             for o in outputs
@@ -132,7 +139,10 @@ class ServiceLoop:
         except BusError as err:  # not acknowledged: handle again (handlers are idempotent)
             self._rewind(deliveries, err)
             return 0
+        produced = time.perf_counter()
+        self.counters.produce_s += produced - handled
         self.consumer.commit(_next_offsets(deliveries))
+        self.counters.commit_s += time.perf_counter() - produced
         self.counters.consumed += len(deliveries)
         self.counters.produced += len(outputs)
         return len(deliveries)

@@ -320,7 +320,13 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "failed": s.get("failed"),
                 "dead_lettered": s.get("dead_lettered"),
                 "lag": s.get("lag"),
+                # Seconds spent handling, producing (until acknowledged) and committing.
+                **{k: _seconds(s.get(k)) for k in ("handle_s", "produce_s", "commit_s")},
             }
         )
     emit(rows, args.json, "no services have run in this repository")
     return 0
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
