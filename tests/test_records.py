@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,13 @@ from services.core.errors import (
     RecordNotFoundError,
     UnknownDimensionError,
 )
-from services.core.timespan import BEGIN_UNBOUNDED, Timespan, parse_time, time_to_ns
+from services.core.timespan import (
+    BEGIN_UNBOUNDED,
+    END_UNBOUNDED,
+    Timespan,
+    parse_time,
+    time_to_ns,
+)
 from tests.support.dummycam import DummyCam
 from tests.support.records import add_exposure
 
@@ -188,3 +195,28 @@ def test_sensor_swap_is_recorded_and_visible_per_time(butler: Butler) -> None:
     # Re-registering the instrument does not undo the swap.
     assert sum(DummyCam.register(registry).values()) == 0
     assert registry.installed_detector("DummyCam", 1, after) == "SN-2001"
+
+
+def installations(registry: Any) -> list[tuple[str, int, int]]:
+    rows = registry.query_dimension_records("detector_installation")
+    return sorted(
+        (r["physical_detector"], r["timespan"].db_begin, r["timespan"].db_end)
+        for r in rows
+        if r["instrument"] == "DummyCam" and r["detector"] == 1
+    )
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 2, 0)])
+def test_a_swap_seen_out_of_order_gives_the_same_history(
+    butler: Butler, order: tuple[int, ...]
+) -> None:
+    # Three exposures after a swap, applied in any order (a replay reads partitions in its own
+    # order): one row per device's stay in the slot, starting at the earliest exposure.
+    registry = butler.registry
+    times = [time_to_ns(parse_time(f"2024-06-0{d}T00:00:00")) for d in (1, 2, 3)]
+    outcomes = [registry.record_installation("DummyCam", 1, "SN-2001", times[i]) for i in order]
+    assert outcomes[0] == "swapped" and "installed" not in outcomes
+    assert installations(registry) == [
+        ("SN-1001", BEGIN_UNBOUNDED, times[0]),
+        ("SN-2001", times[0], END_UNBOUNDED),
+    ]

@@ -2,7 +2,9 @@
 
 Each installation is a row with a half-open timespan; recording a new device in a slot from
 a moment on ends the current row there. A new serial seen in a header is thereby a recorded
-swap, visible per exposure (the device at the exposure's start).
+swap, visible per exposure (the device at the exposure's start). A device seen at an earlier
+time than its row starts (exposures applied out of order) moves that row's start earlier, so
+a slot's history is the same whichever order one swap's exposures arrive in.
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ class InstallationManager:
         )
         if current is not None and current["physical_detector"] == serial:
             return "unchanged"
-        later = [r["timespan_begin"] for r in rows if r["timespan_begin"] > since_ns]
-        end = min(later) if later else END_UNBOUNDED
+        later = [r for r in rows if r["timespan_begin"] > since_ns]
+        following = min(later, key=lambda r: r["timespan_begin"]) if later else None
+        end = END_UNBOUNDED if following is None else following["timespan_begin"]
         if current is not None:
             conn.execute(
                 table.update()
@@ -66,15 +69,30 @@ class InstallationManager:
                 )
                 .values(timespan_end=since_ns)
             )
-        conn.execute(
-            table.insert().values(
-                instrument=instrument,
-                detector=detector,
-                physical_detector=serial,
-                timespan_begin=since_ns,
-                timespan_end=end,
+        if following is not None and following["physical_detector"] == serial:
+            # Seen later first (exposures applied out of order, e.g. in a replay): the device
+            # was there earlier than known. Extending its row keeps one row per stay in the
+            # slot, so the result does not depend on the order exposures arrive in.
+            conn.execute(
+                table.update()
+                .where(
+                    c.instrument == instrument,
+                    c.detector == detector,
+                    c.physical_detector == serial,
+                    c.timespan_begin == end,
+                )
+                .values(timespan_begin=since_ns)
             )
-        )
+        else:
+            conn.execute(
+                table.insert().values(
+                    instrument=instrument,
+                    detector=detector,
+                    physical_detector=serial,
+                    timespan_begin=since_ns,
+                    timespan_end=end,
+                )
+            )
         return "installed" if not rows else "swapped"
 
     def installed(
