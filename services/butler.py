@@ -23,12 +23,15 @@ from .core.config import (
     read_config,
     write_config,
 )
-from .core.errors import DatasetNotFoundError, ObsbusError
+from .core.errors import DatasetNotFoundError, ObsbusError, UnregisteredDataIdError
 from .core.timespan import Timespan
 from .datastore.datastore import FileDatastore, StoredFile
 from .datastore.formatters import load_formatter
+from .datastore.storage_classes import get_storage_class
+from .registry.changes import ChangeSet
 from .registry.datasets import DatasetRef, DatasetType, IdGenerationMode, InsertOutcome
 from .registry.registry import CalibrationMatch, Registry
+from .writes import BusWrites, Writes, writes_for
 
 
 def default_actor() -> str:
@@ -75,6 +78,15 @@ class Butler:
         self.config = config
         self.registry = registry
         self.datastore = FileDatastore(config.datastore_root(root), config.templates)
+        self._writes: Writes | None = None
+
+    @property
+    def writes(self) -> Writes:
+        """Where registry changes go: here, or to the registry service while one serves the
+        repository (decided on first use; see ``services.writes``)."""
+        if self._writes is None:
+            self._writes = writes_for(self.root, self.registry, self.registry.actor)
+        return self._writes
 
     @classmethod
     def create(
@@ -121,6 +133,8 @@ class Butler:
         return cls(root, config, registry)
 
     def close(self) -> None:
+        if isinstance(self._writes, BusWrites):
+            self._writes.close()
         self.registry.close()
 
     def __enter__(self) -> Butler:
@@ -137,26 +151,56 @@ class Butler:
         A dataset already present (same id) is left as it is and its file is not transferred
         again, so repeating an ingest with deterministic ids is a no-op. A data ID value
         without its dimension record is an `UnregisteredDataIdError` whose ``index`` is the
-        position of the file in ``files``.
+        position of the file in ``files`` (when the registry is written here).
         """
-        with self.datastore.transaction() as files_txn, self.registry.transaction():
-            outcomes = self.registry.insert_datasets([f.ref for f in files])
+        present = {f.ref.id for f in files if self._has_dataset(f.ref.id)}
+        new = [i for i, f in enumerate(files) if f.ref.id not in present]
+        with self.datastore.transaction(batch_sync=True) as files_txn:
             stored = [
                 files_txn.ingest(
-                    f.path,
-                    dataset_id=f.ref.id,
-                    dataset_type=f.ref.dataset_type.name,
-                    run=f.ref.run,
-                    data_id=f.ref.data_id,
-                    storage_class=f.ref.dataset_type.storage_class,
-                    formatter=f.formatter,
+                    files[i].path,
+                    dataset_id=files[i].ref.id,
+                    dataset_type=files[i].ref.dataset_type.name,
+                    run=files[i].ref.run,
+                    data_id=files[i].ref.data_id,
+                    storage_class=files[i].ref.dataset_type.storage_class,
+                    formatter=files[i].formatter,
                     transfer=transfer,
                 )
-                for f, outcome in zip(files, outcomes, strict=True)
-                if outcome == "inserted"
+                for i in new
             ]
-            self.registry.store_files(stored)
-        return outcomes
+            files_txn.make_durable()  # the files, then the rows that point at them
+            if new:
+                runs = sorted({files[i].ref.run for i in new})
+                changes = ChangeSet(
+                    what=f"ingest of {len(new)} file(s) into {', '.join(runs)}",
+                    datasets=tuple(files[i].ref for i in new),
+                    stored=tuple(stored),
+                )
+                try:
+                    self.writes.apply(changes)
+                except UnregisteredDataIdError as err:
+                    if err.index is None:
+                        raise
+                    raise UnregisteredDataIdError(str(err), new[err.index]) from err
+        return ["already-present" if f.ref.id in present else "inserted" for f in files]
+
+    def register_dataset_type(self, dataset_type: DatasetType) -> bool:
+        """Define a dataset type; False if that exact definition exists already."""
+        get_storage_class(dataset_type.storage_class)  # refuse unknown ones up front
+        known = {t.name: t for t in self.registry.query_dataset_types()}
+        if known.get(dataset_type.name) == dataset_type:
+            return False
+        what = f"dataset type {dataset_type.name}"
+        self.writes.apply(ChangeSet(what=what, dataset_types=(dataset_type,)))
+        return True
+
+    def _has_dataset(self, dataset_id: uuid.UUID) -> bool:
+        try:
+            self.registry.get_dataset(dataset_id)
+        except DatasetNotFoundError:
+            return False
+        return True
 
     def put(
         self,

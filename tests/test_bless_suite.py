@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from services.bus import codec
-from services.bus.messages import command_from, registry_command
+from services.bus.messages import adjustment_value, command_from, registry_command
 from services.bus.topics import BLESSING_REQUESTS, CALIB_OUTCOMES, REGISTRY_COMMANDS
 from services.butler import Butler
 from services.calib.client import single_suite
 from services.calib.suite import Suite, check_suite, load_suite
-from services.core.errors import InputError
+from services.core.errors import InputError, UndecodableMessageError
 from services.core.timespan import Timespan
 from services.instruments import load_instrument
 from services.registry.datasets import DatasetType
@@ -311,9 +311,27 @@ def test_a_suite_command_round_trips_through_avro() -> None:
     )
     data = codec.encode(REGISTRY_COMMANDS.record, registry_command(command, "pytest"))
     assert command_from(codec.decode(data).value) == command
-    # A RegistryCommand v1 reader still reads it (as the plain certify of its first item).
-    old = codec.decode(data, reader="RegistryCommand.v1").value["body"][1]
-    assert old["dataset_ids"] == list(command.items[0].dataset_ids)
+    # A registry service too old to know suites cannot read one: it dead-letters it rather
+    # than certify its first item alone.
+    for old in ("RegistryCommand.v1", "RegistryCommand.v2"):
+        with pytest.raises(UndecodableMessageError):
+            codec.decode(data, reader=old)
+    # A suite written by v2 (in the Certify branch) still reads back whole.
+    v2 = {
+        "collection": TARGET,
+        "dataset_ids": list(command.items[0].dataset_ids),
+        "begin_ns": None,
+        "end_ns": _ns(T),
+        "request_id": "req-1",
+        "adjustments": [adjustment_value(a) for a in command.adjustments],
+        "further": [
+            {"dataset_ids": list(command.items[1].dataset_ids), "begin_ns": _ns(T), "end_ns": None}
+        ],
+    }
+    value = {**registry_command(command, "pytest"), "body": ("obsbus.Certify", v2)}
+    registry = codec.default_registry()
+    old_data = registry.encode_with(registry.get("RegistryCommand", 2), value)
+    assert command_from(codec.decode(old_data).value) == command
 
 
 def test_the_example_suite_file_is_valid() -> None:

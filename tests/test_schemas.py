@@ -7,6 +7,7 @@ with one version and reading them with the other through the codec.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import random
@@ -248,11 +249,36 @@ def example_values(schema: Schema) -> list[Any]:
 # --- compatibility ----------------------------------------------------------------------------
 
 
+def _branches(value: Any) -> set[str]:
+    """Names of the union branches (named records) a value uses, at any depth."""
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
+        return {value[0]} | _branches(value[1])
+    if isinstance(value, dict):
+        return set().union(*(_branches(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_branches(v) for v in value))
+    return set()
+
+
+def _new_branches(value: Any, reader: Schema) -> set[str]:
+    return _branches(value) - set(reader.parsed["__named_schemas"])
+
+
 def incompatibilities(registry: SchemaRegistry, writer: Schema, reader: Schema) -> list[str]:
-    """Why data written with ``writer`` cannot be read as ``reader`` (empty: it can)."""
+    """Why data written with ``writer`` cannot be read as ``reader`` (empty: it can).
+
+    The one allowed exception: a value of a union branch the reader does not have (a new
+    command type) must *fail* to decode, so an old service dead-letters it instead of
+    applying part of it.
+    """
     problems = []
     for value in example_values(writer):
         data = registry.encode_with(writer, value)
+        if _new_branches(value, reader):
+            with contextlib.suppress(UndecodableMessageError):
+                registry.decode(data, reader=f"{reader.name}.v{reader.version}")
+                problems.append(f"{writer.label} read as v{reader.version}: a new branch read")
+            continue
         try:
             message = registry.decode(data, reader=f"{reader.name}.v{reader.version}")
         except UndecodableMessageError as err:
@@ -343,7 +369,7 @@ def test_the_check_catches_incompatible_versions(
     assert all("\n" not in p for p in problems)
 
 
-def test_a_new_command_type_is_backward_but_not_forward_compatible(tmp_path: Path) -> None:
+def test_a_new_command_type_is_refused_whole_by_older_readers(tmp_path: Path) -> None:
     v1 = _package_schema("RegistryCommand")
     body = next(f for f in v1["fields"] if f["name"] == "body")
     noop = {
@@ -357,8 +383,18 @@ def test_a_new_command_type_is_backward_but_not_forward_compatible(tmp_path: Pat
         "fields": [{**f, "type": [*body["type"], noop]} if f is body else f for f in v1["fields"]],
     }
     registry = _folder(tmp_path, ("RegistryCommand.v1.avsc", v1), ("RegistryCommand.v2.avsc", v2))
-    problems = check_compatibility(registry)
-    assert problems and all(p.startswith("forward:") for p in problems)
+    # Allowed: v1 reads every v2 command but the new type, which it refuses to decode.
+    assert check_compatibility(registry) == []
+    value = {
+        "command_id": "c",
+        "issued_at_ns": 0,
+        "issued_by": "t",
+        "body": ("obsbus.Noop", {"note": "x"}),
+    }
+    data = registry.encode("RegistryCommand", value)
+    assert registry.decode(data).value["body"] == ("obsbus.Noop", {"note": "x"})
+    with pytest.raises(UndecodableMessageError):
+        registry.decode(data, reader="RegistryCommand.v1")
 
 
 # --- round trips ------------------------------------------------------------------------------

@@ -266,3 +266,36 @@ def test_a_rejected_command_does_not_undo_the_rest_of_its_batch(
     ]
     refs = repo.registry.query_datasets("raw", ["SimCam/raw/all"])
     assert sorted(ref.data_id["detector"] for ref, _ in refs) == [0, 1]
+
+
+def test_a_command_sent_again_is_answered_again_not_applied_again(
+    repo: Butler, tmp_path: Path
+) -> None:
+    from services.bus.messages import registry_command
+    from services.registry.commands import Decertify
+    from services.registry.datasets import DatasetType
+
+    registry = repo.registry
+    registry.register_dataset_type(DatasetType("bias", ("instrument", "detector"), "Json", True))
+    repo.put({"level": 0}, "bias", {"instrument": "SimCam", "detector": 0}, "SimCam/masters")
+    bus = memory_bus()
+    pipeline = Pipeline(bus, repo, tmp_path / "landing")
+    _bless(bus, run="SimCam/masters")
+    pipeline.drain()
+    # A producer's retry: the same command (same id) at a new offset, after the first applied.
+    window = Timespan.from_times("2024-12-01", "2024-12-02")
+    command = registry_command(Decertify("SimCam/calib/bless", "bias", window), "pytest")
+    data = codec.encode(REGISTRY_COMMANDS.record, command)
+    bus.send(REGISTRY_COMMANDS.name, b"c", data)
+    pipeline.drain()
+    bus.send(REGISTRY_COMMANDS.name, b"c", data)
+    pipeline.drain()
+    answers = [
+        e for e in decoded(bus, REGISTRY_EVENTS.name) if e["command_id"] == command["command_id"]
+    ]
+    assert len(answers) == 2 and answers[0] == answers[1]
+    assert answers[0]["message"] == "decertified: 1 row(s)"
+    ranges = registry.query_calibrations("SimCam/calib/bless", "bias")
+    assert sorted(str(ts) for _, ts in ranges) == sorted(
+        str(ts) for ts in Timespan.from_times("2024-11-01", None).difference(window)
+    )

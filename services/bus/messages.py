@@ -1,22 +1,24 @@
 """Domain objects ⇄ Avro values, for every message obsbus sends (schemas/ has the shapes).
 
-A calibration suite (``CertifySuite``) travels as the ``Certify`` branch of the command union
-(RegistryCommand v2 gave it ``adjustments`` and ``further`` items, both defaulting to empty, so
-every version reads every other): its first item fills the plain Certify fields. A Certify
-value with adjustments or further items reads back as a CertifySuite, a plain one as Certify
-(a suite of one without adjustments is the same change).
+Each registry command type is its own branch of the command union. A new command type is a
+new branch: a registry service too old to know it cannot read it and dead-letters it, rather
+than apply part of it (tests/test_schemas.py checks that rule). RegistryCommand v2 carried
+suites in the ``Certify`` branch (``adjustments`` and ``further`` items); such values still
+read back as a ``CertifySuite``, which v3 writes as its own branch.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..core.dimensions import DataId
 from ..core.errors import InputError
 from ..core.timespan import Timespan, now_ns
 from ..datastore.datastore import StoredFile
+from ..registry.changes import Certification, ChainChange, ChangeSet, NewCollection
+from ..registry.collections import CollectionType
 from ..registry.commands import (
     Certify,
     Command,
@@ -31,9 +33,10 @@ from ..registry.suites import CertifyItem, CertifySuite, ValidityAdjustment
 _BRANCHES = {
     IngestRaw: "obsbus.IngestRaw",
     Certify: "obsbus.Certify",
-    CertifySuite: "obsbus.Certify",
+    CertifySuite: "obsbus.CertifySuite",
     Decertify: "obsbus.Decertify",
     SetChain: "obsbus.SetChain",
+    ChangeSet: "obsbus.ChangeSet",
 }
 
 
@@ -69,20 +72,7 @@ def registry_command(
             ],
             "installations": [vars(i) for i in cmd.installations],
             "datasets": [
-                {
-                    "dataset_id": str(ref.id),
-                    "dataset_type": ref.dataset_type.name,
-                    "dimensions": list(ref.dataset_type.dimensions),
-                    "storage_class": ref.dataset_type.storage_class,
-                    "is_calibration": ref.dataset_type.is_calibration,
-                    "data_id": dict(ref.data_id),
-                    "run": ref.run,
-                    "path": stored.path,
-                    "formatter": stored.formatter,
-                    "file_size": stored.file_size,
-                    "checksum": stored.checksum,
-                    "locator": stored.locator,
-                }
+                _stored_dataset(ref, stored)
                 for ref, stored in zip(cmd.datasets, cmd.stored, strict=True)
             ],
         }
@@ -98,6 +88,8 @@ def registry_command(
         }
     elif isinstance(cmd, CertifySuite):
         body = _suite_body(cmd)
+    elif isinstance(cmd, ChangeSet):
+        body = _change_set_body(cmd)
     elif isinstance(cmd, Decertify):
         body = {
             "collection": cmd.collection,
@@ -122,24 +114,7 @@ def command_from(value: Mapping[str, Any]) -> Command:
     body = value["body"]
     name, fields = body if isinstance(body, tuple) else (_guess_branch(body), body)
     if name == "obsbus.IngestRaw":
-        datasets, stored = [], []
-        for d in fields["datasets"]:
-            dt = DatasetType(
-                d["dataset_type"], tuple(d["dimensions"]), d["storage_class"], d["is_calibration"]
-            )
-            ref = DatasetRef(uuid.UUID(d["dataset_id"]), dt, DataId(dict(d["data_id"])), d["run"])
-            datasets.append(ref)
-            stored.append(
-                StoredFile(
-                    ref.id,
-                    d["path"],
-                    d["formatter"],
-                    d["storage_class"],
-                    d["file_size"],
-                    d["checksum"],
-                    d["locator"],
-                )
-            )
+        datasets, stored = _stored_datasets_from(fields["datasets"])
         records = []
         for r in fields["records"]:
             record = dict(r["values"])
@@ -154,8 +129,11 @@ def command_from(value: Mapping[str, Any]) -> Command:
             datasets=tuple(datasets),
             stored=tuple(stored),
         )
+    if name == "obsbus.CertifySuite":
+        return _suite_from(fields["collection"], fields["items"], fields)
     if name == "obsbus.Certify" and (fields.get("adjustments") or fields.get("further")):
-        return _suite_from(fields)
+        # RegistryCommand v2 carried a suite in the Certify branch (v3 has its own branch).
+        return _suite_from(fields["collection"], [fields, *fields["further"]], fields)
     if name == "obsbus.Certify":
         return Certify(
             fields["collection"],
@@ -174,33 +152,133 @@ def command_from(value: Mapping[str, Any]) -> Command:
         )
     if name == "obsbus.SetChain":
         return SetChain(fields["parent"], tuple(fields["children"]))
+    if name == "obsbus.ChangeSet":
+        return _change_set_from(fields)
     raise InputError(f"unknown registry command {name!r}")
 
 
+def _stored_dataset(ref: DatasetRef, stored: StoredFile) -> dict[str, Any]:
+    """A StoredDataset value: the dataset, its type's definition and its file."""
+    return {
+        "dataset_id": str(ref.id),
+        "dataset_type": ref.dataset_type.name,
+        "dimensions": list(ref.dataset_type.dimensions),
+        "storage_class": ref.dataset_type.storage_class,
+        "is_calibration": ref.dataset_type.is_calibration,
+        "data_id": dict(ref.data_id),
+        "run": ref.run,
+        "path": stored.path,
+        "formatter": stored.formatter,
+        "file_size": stored.file_size,
+        "checksum": stored.checksum,
+        "locator": stored.locator,
+    }
+
+
+def _stored_datasets_from(
+    values: Sequence[Mapping[str, Any]],
+) -> tuple[list[DatasetRef], list[StoredFile]]:
+    datasets, stored = [], []
+    for d in values:
+        dt = DatasetType(
+            d["dataset_type"], tuple(d["dimensions"]), d["storage_class"], d["is_calibration"]
+        )
+        ref = DatasetRef(uuid.UUID(d["dataset_id"]), dt, DataId(dict(d["data_id"])), d["run"])
+        datasets.append(ref)
+        stored.append(
+            StoredFile(
+                ref.id,
+                d["path"],
+                d["formatter"],
+                d["storage_class"],
+                d["file_size"],
+                d["checksum"],
+                d["locator"],
+            )
+        )
+    return datasets, stored
+
+
+def _change_set_body(cmd: ChangeSet) -> dict[str, Any]:
+    files = {s.dataset_id: s for s in cmd.stored}
+    return {
+        "what": cmd.what,
+        "dataset_types": [
+            {
+                "name": t.name,
+                "dimensions": list(t.dimensions),
+                "storage_class": t.storage_class,
+                "is_calibration": t.is_calibration,
+            }
+            for t in cmd.dataset_types
+        ],
+        "collections": [
+            {"name": c.name, "type": c.type.value, "doc": c.doc, "must_be_new": c.must_be_new}
+            for c in cmd.collections
+        ],
+        "datasets": [_stored_dataset(ref, files[ref.id]) for ref in cmd.datasets],
+        "certifications": [
+            {
+                "collection": c.collection,
+                "dataset_ids": list(c.dataset_ids),
+                "begin_ns": c.timespan.begin,
+                "end_ns": c.timespan.end,
+            }
+            for c in cmd.certifications
+        ],
+        "chains": [
+            {"parent": c.parent, "children": list(c.children), "mode": c.mode} for c in cmd.chains
+        ],
+    }
+
+
+def _change_set_from(fields: Mapping[str, Any]) -> ChangeSet:
+    datasets, stored = _stored_datasets_from(fields["datasets"])
+    return ChangeSet(
+        what=fields["what"],
+        dataset_types=tuple(
+            DatasetType(t["name"], tuple(t["dimensions"]), t["storage_class"], t["is_calibration"])
+            for t in fields["dataset_types"]
+        ),
+        collections=tuple(
+            NewCollection(c["name"], CollectionType(c["type"]), c["doc"], c["must_be_new"])
+            for c in fields["collections"]
+        ),
+        datasets=tuple(datasets),
+        stored=tuple(stored),
+        certifications=tuple(
+            Certification(
+                c["collection"], tuple(c["dataset_ids"]), Timespan(c["begin_ns"], c["end_ns"])
+            )
+            for c in fields["certifications"]
+        ),
+        chains=tuple(
+            ChainChange(c["parent"], tuple(c["children"]), c["mode"]) for c in fields["chains"]
+        ),
+    )
+
+
 def _suite_body(cmd: CertifySuite) -> dict[str, Any]:
-    first, *further = cmd.items
     return {
         "collection": cmd.collection,
-        "dataset_ids": list(first.dataset_ids),
-        "begin_ns": first.timespan.begin,
-        "end_ns": first.timespan.end,
-        "request_id": cmd.request_id,
-        "adjustments": [adjustment_value(a) for a in cmd.adjustments],
-        "further": [
+        "items": [
             {
                 "dataset_ids": list(item.dataset_ids),
                 "begin_ns": item.timespan.begin,
                 "end_ns": item.timespan.end,
             }
-            for item in further
+            for item in cmd.items
         ],
+        "adjustments": [adjustment_value(a) for a in cmd.adjustments],
+        "request_id": cmd.request_id,
     }
 
 
-def _suite_from(fields: Mapping[str, Any]) -> CertifySuite:
-    items = [fields, *fields["further"]]
+def _suite_from(
+    collection: str, items: Sequence[Mapping[str, Any]], fields: Mapping[str, Any]
+) -> CertifySuite:
     return CertifySuite(
-        fields["collection"],
+        collection,
         tuple(
             CertifyItem(tuple(i["dataset_ids"]), Timespan(i["begin_ns"], i["end_ns"]))
             for i in items
@@ -235,6 +313,10 @@ def _guess_branch(body: Mapping[str, Any]) -> str:
     # Only needed if a reader returns union branches without their names.
     if "records" in body:
         return "obsbus.IngestRaw"
+    if "items" in body:
+        return "obsbus.CertifySuite"
+    if "what" in body:
+        return "obsbus.ChangeSet"
     if "dataset_ids" in body:
         return "obsbus.Certify"
     if "dataset_type" in body:

@@ -13,18 +13,17 @@ broker comes from the environment (``OBSBUS_KAFKA_BOOTSTRAP``...), or pass a ``b
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..bus import codec
 from ..bus.config import KafkaSettings
+from ..bus.request import request
 from ..bus.topics import BLESSING_REQUESTS, CALIB_OUTCOMES
 from ..bus.transport import Bus
-from ..core.errors import BlessingRejectedError, BusError
-from .suite import CalibrationSpec, Suite
+from ..core.errors import BlessingRejectedError
+from .suite import NS_CONTEXT, CalibrationSpec, Suite
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ def single_suite(
                     "begin": begin_ns,
                     "end": end_ns,
                 },
-                context={"ns": True},
+                context=NS_CONTEXT,
             )
         ],
     )
@@ -89,30 +88,17 @@ def request_blessing(
 ) -> BlessingOutcome:
     """Publish the suite as one BlessingRequest and wait for its CalibrationOutcome."""
     request_id = str(uuid.uuid4())
-    request = suite.request(request_id, requested_by)
-    consumer = bus.consumer(f"obsbus-bless-{request_id}", [CALIB_OUTCOMES.name])
-    try:
-        consumer.poll(1.0, 1)  # join before sending, then read only what comes after
-        for tp in consumer.assignment():
-            consumer.seek(tp, bus.end_offsets(tp[0]).get(tp[1], 0))
-        bus.send(
-            BLESSING_REQUESTS.name,
-            suite.collection.encode(),
-            codec.encode(BLESSING_REQUESTS.record, request),
-        )
-        bus.flush()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for d in consumer.poll(0.5, 100):
-                outcome = codec.decode(d.value).value
-                if outcome["request_id"] == request_id:
-                    return BlessingOutcome.from_value(outcome)
-    finally:
-        consumer.close()
-    raise BusError(
-        f"no answer to blessing request {request_id} within {timeout_s:g} s; are the calib "
-        "and registry services running? (`obsbus status REPO`)"
+    answer = request(
+        bus,
+        BLESSING_REQUESTS,
+        suite.collection,
+        suite.request(request_id, requested_by),
+        CALIB_OUTCOMES,
+        lambda outcome: bool(outcome["request_id"] == request_id),
+        timeout_s=timeout_s,
+        waiting_for="calib and registry services",
     )
+    return BlessingOutcome.from_value(answer)
 
 
 def bless_suite(

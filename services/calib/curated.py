@@ -44,7 +44,6 @@ from astropy.time import Time
 from ..butler import Butler
 from ..core.errors import (
     CollectionExistsError,
-    CollectionTypeError,
     InputError,
     UnregisteredDataIdError,
 )
@@ -52,6 +51,7 @@ from ..core.timespan import Timespan, ns_to_iso, time_to_ns
 from ..datastore.datastore import file_checksum
 from ..datastore.storage_classes import formatter_for_file, get_storage_class
 from ..instruments.base import Instrument
+from ..registry.changes import Certification, ChainChange, ChangeSet, NewCollection
 from ..registry.collections import CollectionType
 from ..registry.datasets import DatasetRef, DatasetType, IdGenerationMode
 
@@ -426,7 +426,8 @@ def _refuse_used(existing: Mapping[str, CollectionType], names: Sequence[str]) -
 
 
 def _registered_type(butler: Butler, curated: CuratedType) -> DatasetType:
-    """Register ``curated``'s dataset type, or keep the one an older repository has."""
+    """``curated``'s dataset type, or the one an older repository has (registered by the
+    write's change set)."""
     wanted = curated.dataset_type
     existing = {t.name: t for t in butler.registry.query_dataset_types()}.get(curated.name)
     earlier = _EARLIER_STORAGE_CLASSES.get(curated.name, frozenset())
@@ -436,7 +437,6 @@ def _registered_type(butler: Butler, curated: CuratedType) -> DatasetType:
         )
         if kept == existing:
             return existing
-    butler.registry.register_dataset_type(wanted)
     return wanted
 
 
@@ -468,40 +468,17 @@ def write_curated_calibrations(
     tree = read_tree(instrument, default_source(instrument) if source is None else source)
     doc = f"curated calibrations of {instrument.name}, label {label}, from {tree.root}"
     runs = {b: start_run(parent, b) for b in sorted({f.timespan.db_begin for f in tree.files})}
-    certified: list[tuple[DatasetRef, Timespan, Path]] = []
-    with butler.datastore.transaction() as files_txn, registry.transaction():
-        # Checked again inside the transaction: a concurrent write may have taken the label.
-        for name, type_ in (
-            (collection, CollectionType.CALIBRATION),
-            (parent, CollectionType.CHAINED),
-            *((run, CollectionType.RUN) for run in runs.values()),
-        ):
-            if not registry.register_collection(name, type_, doc):
-                _refuse_used({name: type_}, [name])
-        registry.set_chain(parent, list(runs.values()))
-        dataset_types = {c.name: _registered_type(butler, c) for c in tree.types}
-        refs = [
-            registry.make_ref(
-                dataset_types[f.curated_type.name],
-                f.data_id,
-                runs[f.timespan.db_begin],
-                IdGenerationMode.DATAID_TYPE_RUN,
-            )
-            for f in tree.files
-        ]
-        # One insert per dataset type: the registry's bulk insert takes its columns from the
-        # first row, so a batch mixing data ID shapes would lose the other types' values.
-        by_type: dict[str, list[int]] = {}
-        for i, ref in enumerate(refs):
-            by_type.setdefault(ref.dataset_type.name, []).append(i)
-        for positions in by_type.values():
-            try:
-                registry.insert_datasets([refs[i] for i in positions])
-            except UnregisteredDataIdError as err:
-                if err.index is None:
-                    raise
-                index = positions[err.index]
-                raise UnregisteredDataIdError(f"{tree.files[index].path}: {err}", index) from err
+    dataset_types = {c.name: _registered_type(butler, c) for c in tree.types}
+    refs = [
+        registry.make_ref(
+            dataset_types[f.curated_type.name],
+            f.data_id,
+            runs[f.timespan.db_begin],
+            IdGenerationMode.DATAID_TYPE_RUN,
+        )
+        for f in tree.files
+    ]
+    with butler.datastore.transaction(batch_sync=True) as files_txn:
         stored = []
         for f, ref in zip(tree.files, refs, strict=True):
             item = files_txn.ingest(
@@ -519,15 +496,39 @@ def write_curated_calibrations(
                     "checked); nothing was written, run the command again"
                 )
             stored.append(item)
-        registry.store_files(stored)
-        for f, ref in zip(tree.files, refs, strict=True):
-            registry.certify(collection, [ref], f.timespan)
-            certified.append((ref, f.timespan, f.path))
-        existing = {c.name: c.type for c in registry.query_collections()}.get(chain)
-        if existing is not None and existing is not CollectionType.CHAINED:
-            raise CollectionTypeError(
-                f"collection {chain!r} is {existing.value}, not CHAINED: curated calibrations "
-                "are put first in that chain"
-            )
-        children = registry.set_chain(chain, [collection], "prepend")
+        files_txn.make_durable()
+        # One change, all or nothing; the collections must be new (a concurrent write may
+        # have taken the label since the check above).
+        changes = ChangeSet(
+            what=f"curated calibrations of {instrument.name} into {collection}",
+            dataset_types=tuple(dataset_types.values()),
+            collections=tuple(
+                NewCollection(name, type_, doc, must_be_new=True)
+                for name, type_ in (
+                    (collection, CollectionType.CALIBRATION),
+                    (parent, CollectionType.CHAINED),
+                    *((run, CollectionType.RUN) for run in runs.values()),
+                )
+            ),
+            datasets=tuple(refs),
+            stored=tuple(stored),
+            certifications=tuple(
+                Certification(collection, (str(ref.id),), f.timespan)
+                for f, ref in zip(tree.files, refs, strict=True)
+            ),
+            chains=(
+                ChainChange(parent, tuple(runs.values())),
+                ChainChange(chain, (collection,), "prepend"),
+            ),
+        )
+        try:
+            butler.writes.apply(changes)
+        except UnregisteredDataIdError as err:
+            if err.index is None:
+                raise
+            raise UnregisteredDataIdError(
+                f"{tree.files[err.index].path}: {err}", err.index
+            ) from err
+    certified = [(ref, f.timespan, f.path) for f, ref in zip(tree.files, refs, strict=True)]
+    children = registry.get_chain(chain)
     return CuratedWrite(parent, list(runs.values()), collection, chain, children, certified)

@@ -42,7 +42,7 @@ from ..datastore.datastore import file_checksum
 from ..registry.collections import CollectionType
 from ..registry.datasets import DatasetRef, DatasetType, IdGenerationMode
 from ..registry.suites import apply_suite
-from .suite import CalibrationSpec, Suite, check_suite, validation_summary
+from .suite import NS_CONTEXT, CalibrationSpec, Suite, check_suite, validation_summary
 
 TABLE_NAME = "calibrations.ecsv"
 _FIXED_COLUMNS = ("dataset_type", "begin", "end", "file")
@@ -208,6 +208,7 @@ def import_calibrations(
                     "(give another --run)"
                 )
         _insert(butler, list(unique.values()), table)
+        _check_movable(table, [row for _, row in unique.values()], transfer)
         stored = [
             files_txn.ingest(
                 row.file,
@@ -233,7 +234,7 @@ def import_calibrations(
                         "begin": row.timespan.begin,
                         "end": row.timespan.end,
                     },
-                    context={"ns": True},
+                    context=NS_CONTEXT,
                 )
                 for ref, row in zip(row_refs, table.rows, strict=True)
             ],
@@ -386,3 +387,17 @@ def _write_table(
         },
     }
     Table(columns, meta=meta).write(path, format="ascii.ecsv")
+
+
+def _check_movable(table: ValidityTable, rows: Sequence[Any], transfer: str) -> None:
+    """``move`` takes a file away: one file cannot then serve several datasets."""
+    if transfer != "move":
+        return
+    seen: set[Path] = set()
+    for row in rows:
+        if row.file in seen:
+            raise InputError(
+                f"{table.path}: {row.file} is the file of several datasets; it cannot be "
+                "moved into each of them: use --transfer copy (or hardlink)"
+            )
+        seen.add(row.file)

@@ -15,10 +15,10 @@ from typing import Any
 
 from ..bus import codec
 from ..bus.config import KafkaSettings
-from ..bus.topics import ALL_TOPICS, REGISTRY_COMMANDS, topic
+from ..bus.topics import ALL_TOPICS, topic
 from ..bus.transport import KafkaBus
+from ..core import runfiles
 from ..core.dimensions import parse_data_id_args
-from ..core.errors import ObsbusError
 from ..core.timespan import Timespan, ns_to_iso
 from . import up as up_mod
 
@@ -135,7 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     configure_logging(json=True)
     name = args.name or args.service
-    run_dir = up_mod.run_dir(args.repo)
+    run_dir = runfiles.run_dir(args.repo)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -230,39 +230,18 @@ def cmd_bless(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from ..bus.runner import Incoming
+    from ..bus.replay import replay
     from ..butler import Butler
-    from ..registry.service import RegistryHandler
 
     bus = kafka_bus("obsbus-replay")
-    group = f"obsbus-replay-{uuid.uuid4().hex[:8]}"
-    ends = {p: o for p, o in bus.end_offsets(REGISTRY_COMMANDS.name).items() if o > 0}
-    applied = skipped = 0
-    with Butler.open(args.repo, actor=args.actor) as butler:
-        handler = RegistryHandler(butler.registry, group)
-        consumer = bus.consumer(group, [REGISTRY_COMMANDS.name])
-        reached: dict[int, int] = {}
-        try:
-            while any(reached.get(p, 0) < end for p, end in ends.items()):
-                batch = []
-                for d in consumer.poll(1.0, 500):
-                    reached[d.partition] = d.offset + 1
-                    if d.offset >= ends.get(d.partition, 0):
-                        continue  # arrived after the replay started: not part of it
-                    try:
-                        message = codec.decode(d.value)
-                    except ObsbusError:
-                        skipped += 1  # dead-lettered when it was live
-                        continue
-                    batch.append(Incoming(d, message.record_name, message.value))
-                handler(batch)  # the answers were published live; a replay only rebuilds
-                applied += len(batch)
-        finally:
-            consumer.close()
-            bus.close()
+    try:
+        with Butler.open(args.repo, actor=args.actor) as butler:
+            counts = replay(bus, butler.registry)
+    finally:
+        bus.close()
     print(
-        f"replayed {applied} command(s) into {args.repo}"
-        + (f" ({skipped} undecodable skipped)" if skipped else "")
+        f"replayed {counts.applied} command(s) into {args.repo}"
+        + (f" ({counts.skipped} undecodable skipped)" if counts.skipped else "")
     )
     return 0
 

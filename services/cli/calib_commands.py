@@ -10,7 +10,10 @@ from ..butler import Butler
 from ..core.dimensions import parse_data_id_args
 from ..core.errors import DatasetNotFoundError
 from ..core.timespan import Timespan
+from ..registry.changes import Certification, ChainChange, ChangeSet, NewCollection
 from ..registry.collections import CollectionType
+from ..registry.commands import Decertify
+from ..writes import require_no_registry_service
 
 Sub = Any
 
@@ -70,8 +73,7 @@ def add_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
 
 def cmd_certify(args: argparse.Namespace) -> int:
     timespan = Timespan.from_times(args.begin_date, args.end_date)
-    # One transaction: a refused certify must not leave the new collection behind.
-    with Butler.open(args.repo, actor=args.actor) as butler, butler.registry.transaction():
+    with Butler.open(args.repo, actor=args.actor) as butler:
         registry = butler.registry
         registry.get_collection(args.input_run)
         refs = [ref for ref, _ in registry.query_datasets(args.dataset_type, [args.input_run])]
@@ -79,8 +81,22 @@ def cmd_certify(args: argparse.Namespace) -> int:
             raise DatasetNotFoundError(
                 f"run {args.input_run!r} has no {args.dataset_type} datasets"
             )
-        registry.register_collection(args.calib_collection, CollectionType.CALIBRATION)
-        count = registry.certify(args.calib_collection, refs, timespan)
+        already = {
+            ref.id
+            for ref, ts in _certified(butler, args.calib_collection, args.dataset_type)
+            if ts == timespan
+        }
+        # One change: a refused certify must not leave the new collection behind.
+        butler.writes.apply(
+            ChangeSet(
+                what=f"certify {args.dataset_type} into {args.calib_collection}",
+                collections=(NewCollection(args.calib_collection, CollectionType.CALIBRATION),),
+                certifications=(
+                    Certification(args.calib_collection, tuple(str(r.id) for r in refs), timespan),
+                ),
+            )
+        )
+    count = len([r for r in refs if r.id not in already])
     print(
         f"certified {count} {args.dataset_type} into {args.calib_collection} for {timespan}"
         + (f" ({len(refs) - count} already certified so)" if count < len(refs) else "")
@@ -88,25 +104,47 @@ def cmd_certify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _certified(butler: Butler, collection: str, dataset_type: str) -> list[tuple[Any, Timespan]]:
+    known = {c.name: c.type for c in butler.registry.query_collections()}
+    if known.get(collection) is not CollectionType.CALIBRATION:
+        return []  # new (or not a CALIBRATION collection: the certify will say so)
+    return list(butler.registry.query_calibrations(collection, dataset_type))
+
+
 def cmd_decertify(args: argparse.Namespace) -> int:
     timespan = Timespan.from_times(args.begin_date, args.end_date)
-    data_ids = None if args.data_id is None else [parse_data_id_args(args.data_id)]
+    data_ids = None if args.data_id is None else (parse_data_id_args(args.data_id),)
     with Butler.open(args.repo, actor=args.actor) as butler:
-        count = butler.registry.decertify(
-            args.calib_collection, args.dataset_type, timespan, data_ids
-        )
+        before = _live_ranges(butler, args.calib_collection, args.dataset_type)
+        butler.writes.apply(Decertify(args.calib_collection, args.dataset_type, timespan, data_ids))
+        after = _live_ranges(butler, args.calib_collection, args.dataset_type)
+    count = len(before - after)
     print(f"decertified {timespan} from {count} validity ranges in {args.calib_collection}")
     return 0
 
 
+def _live_ranges(butler: Butler, collection: str, dataset_type: str) -> set[tuple[str, str]]:
+    return {
+        (str(ref.id), str(ts))
+        for ref, ts in butler.registry.query_calibrations(collection, dataset_type)
+    }
+
+
 def cmd_collection_chain(args: argparse.Namespace) -> int:
     with Butler.open(args.repo, actor=args.actor) as butler:
-        children = butler.registry.set_chain(args.parent, args.children, args.mode)
+        butler.writes.apply(
+            ChangeSet(
+                what=f"chain {args.parent} ({args.mode})",
+                chains=(ChainChange(args.parent, tuple(args.children), args.mode),),
+            )
+        )
+        children = butler.registry.get_chain(args.parent)
     print(f"{args.parent}: {', '.join(children) or '(empty)'}")
     return 0
 
 
 def cmd_freeze(args: argparse.Namespace) -> int:
+    require_no_registry_service(args.repo, "freeze-collection")
     with Butler.open(args.repo, actor=args.actor) as butler:
         butler.registry.freeze_collection(args.collection)
     print(f"collection {args.collection} is frozen")

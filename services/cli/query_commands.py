@@ -209,7 +209,7 @@ def _print_object(obj: Any, as_json: bool) -> None:
             )
             print()
         else:
-            print("\n".join(obj.pformat_all()))
+            print("\n".join(obj.pformat(max_lines=-1, max_width=-1)))
     elif hasattr(obj, "shape") and hasattr(obj, "dtype"):  # image array
         summary = {"shape": list(obj.shape), "dtype": str(obj.dtype)}
         print(json.dumps(summary) if as_json else f"array shape={obj.shape} dtype={obj.dtype}")

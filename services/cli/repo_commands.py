@@ -12,6 +12,7 @@ from ..core.errors import InputError, ObsbusError, UnregisteredDataIdError
 from ..datastore.datastore import TRANSFER_MODES
 from ..instruments import load_instrument
 from ..registry.datasets import DatasetType, IdGenerationMode
+from ..writes import require_no_registry_service
 from .output import emit
 
 Sub = Any  # argparse's subparsers action has no public type
@@ -77,6 +78,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    require_no_registry_service(args.repo, "migrate")
     from ..core.config import read_config
     from ..registry.registry import Registry
 
@@ -89,6 +91,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_register_instrument(args: argparse.Namespace) -> int:
+    require_no_registry_service(args.repo, "register-instrument")
     instruments = [load_instrument(name) for name in args.names]
     with Butler.open(args.repo, actor=args.actor) as butler:
         for instrument in instruments:
@@ -105,11 +108,8 @@ def cmd_register_dataset_type(args: argparse.Namespace) -> int:
     dataset_type = DatasetType(
         args.name, tuple(args.dimensions), args.storage_class, args.is_calibration
     )
-    from ..datastore.storage_classes import get_storage_class
-
-    get_storage_class(args.storage_class)  # refuse unknown storage classes up front
     with Butler.open(args.repo, actor=args.actor) as butler:
-        new = butler.registry.register_dataset_type(dataset_type)
+        new = butler.register_dataset_type(dataset_type)
     print(f"dataset type {args.name}: {'registered' if new else 'already registered, unchanged'}")
     return 0
 

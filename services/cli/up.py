@@ -29,16 +29,11 @@ from ..bus.transport import Bus
 from ..butler import Butler
 from ..core.config import CONFIG_NAME
 from ..core.errors import BusError, ConfigError
+from ..core.runfiles import alive, run_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SCRIPT = PROJECT_ROOT / "deploy" / "kafka.sh"
 SERVICE_NAMES = ("registry", "calib", "ingest", "watcher")
-
-
-def run_dir(repo: Path) -> Path:
-    path = repo.resolve() / "var" / "run"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 class _Runnable:
@@ -121,7 +116,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 load_instrument(name).register(butler.registry)
         print(f"created repository {repo} with SimCam, HSC and DECam", flush=True)
     running = _recorded_pids(repo)
-    if any(_alive(pid) for pid in running.values()):
+    if any(alive(pid) for pid in running.values()):
         raise ConfigError(
             f"services already run for {repo} (pids {sorted(running.values())}); "
             "`obsbus down REPO` stops them"
@@ -252,17 +247,6 @@ def _statuses(repo: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` is still one of our service processes (pids are reused after exit)."""
-    proc = Path(f"/proc/{pid}")
-    try:
-        stat = (proc / "stat").read_text()
-        cmdline = (proc / "cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"services.cli.main" in cmdline and not stat.split(") ")[-1].startswith(("Z", "X"))
-
-
 def _recorded_pids(repo: Path) -> dict[str, int]:
     state_file = run_dir(repo) / "up.json"
     if not state_file.exists():
@@ -278,13 +262,13 @@ def _stop(repo: Path) -> list[str]:
     state = json.loads(state_file.read_text())
     pids: dict[str, int] = state["pids"]
     for pid in pids.values():
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(_alive(p) for p in pids.values()):
+    while time.monotonic() < deadline and any(alive(p) for p in pids.values()):
         time.sleep(0.1)
     for pid in pids.values():
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, signal.SIGKILL)
     if state.get("broker_started"):
         subprocess.run(["bash", str(KAFKA_SCRIPT), "stop"], capture_output=True)
@@ -314,7 +298,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             {
                 "service": name,
                 "pid": pid,
-                "running": pid is not None and _alive(int(pid)),
+                "running": pid is not None and alive(int(pid)),
                 "consumed": s.get("consumed"),
                 "produced": s.get("produced"),
                 "failed": s.get("failed"),

@@ -329,6 +329,24 @@ class BusError(ObsbusError):
     code = "bus"
 
 
+class RegistryServedError(ObsbusError):
+    """A command that writes the registry directly, while a registry service owns it."""
+
+    code = "registry_served"
+
+
+class CommandRejectedError(ObsbusError):
+    """The registry service refused a command sent to it; ``code`` is the reason it gave
+    (the code of the error it raised), the message its one line."""
+
+    code = "command_rejected"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason:
+            self.code = reason
+
+
 class UndecodableMessageError(BusError):
     """A message's bytes are not a single-object encoded Avro record obsbus knows."""
 

@@ -63,8 +63,8 @@ def find_all_calibrations(
             for i, (data_id, _) in enumerate(queries)
             if wanted <= {k for k, v in data_id.items() if v is not None}
         ]
-        for by_type in found:
-            by_type[dataset_type.name] = None
+        for i in positions:  # only lookups that can have this type say "none" for it
+            found[i][dataset_type.name] = None
         if not positions:
             continue
         matches = registry.find_calibrations_bulk(

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from ..core.errors import FileConflictError, InstrumentNotRegisteredError
 from ..core.timespan import Timespan
 from ..datastore.datastore import StoredFile
+from .changes import ChangeSet, apply_change_set
 from .collections import CollectionType
 from .datasets import DatasetRef, DatasetType
 from .registry import Registry
@@ -72,7 +73,7 @@ class SetChain:
     children: tuple[str, ...]
 
 
-Command = IngestRaw | Certify | CertifySuite | Decertify | SetChain
+Command = IngestRaw | Certify | CertifySuite | Decertify | SetChain | ChangeSet
 
 
 @dataclass
@@ -207,9 +208,13 @@ def _key_columns(registry: Registry, element: str) -> Sequence[str]:
     return registry.universe[element].key_columns
 
 
-def apply_command(registry: Registry, cmd: Certify | CertifySuite | Decertify | SetChain) -> int:
-    """Apply a calibration or chain command; returns how many rows it changed (for a suite:
-    how many validity ranges it certified)."""
+def apply_command(
+    registry: Registry, cmd: Certify | CertifySuite | Decertify | SetChain | ChangeSet
+) -> int:
+    """Apply any command but IngestRaw; returns how many rows it changed (for a suite: how
+    many validity ranges it certified)."""
+    if isinstance(cmd, ChangeSet):
+        return apply_change_set(registry, cmd)
     if isinstance(cmd, CertifySuite):
         return apply_suite(registry, cmd).certified
     if isinstance(cmd, Certify):

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from ..core.timespan import END_UNBOUNDED
 from .records import DimensionRecords
 
-InstallOutcome = Literal["unchanged", "installed", "swapped"]
+InstallOutcome = Literal["unchanged", "installed", "swapped", "moved"]
 
 
 class InstallationManager:
@@ -30,7 +30,8 @@ class InstallationManager:
         self, conn: Connection, instrument: str, detector: int, serial: str, since_ns: int
     ) -> InstallOutcome:
         """ "unchanged" when the slot already holds that device then, "installed" for the
-        slot's first device, "swapped" when it replaces another device."""
+        slot's first device, "swapped" when it replaces another device, "moved" when the
+        device's stay in the slot is now known to start earlier (seen out of order)."""
         table, c = self._table, self._table.c
         known = self.records.fetch(
             conn, "physical_detector", {"instrument": instrument, "serial": serial}
@@ -83,6 +84,7 @@ class InstallationManager:
                 )
                 .values(timespan_begin=since_ns)
             )
+            return "moved"  # the same swap, known now to have happened earlier: not a new one
         else:
             conn.execute(
                 table.insert().values(

@@ -211,6 +211,9 @@ def _add_core_tables(md: MetaData, universe: DimensionUniverse) -> None:
         Column("message_id", String(64), nullable=False),
         Column("processed_at", BigInteger, nullable=False),
         Column("outputs", LargeBinary, nullable=False),
+        # A command re-sent by its producer (same id, new offset) is found by its id
+        # (migration 0003).
+        Index("bus_processed_message", "consumer_group", "message_id"),
     )
     Table(
         "record_audit",

@@ -23,6 +23,7 @@ from ..core.errors import ObsbusError
 from ..core.timespan import now_ns
 from ..ingest.raws import IngestOutcome
 from ..ingest.service import exposure_key, outcome_value
+from .changes import ChangeSet
 from .commands import Certify, Decertify, IngestApplier, IngestRaw, IngestResult, apply_command
 from .registry import Registry
 from .schema import build_metadata
@@ -52,8 +53,14 @@ class RegistryHandler:
                     stale.append(i)  # the topic was recreated: offsets were reused
                 todo.append(i)
             self._forget_offsets(conn, [batch[i] for i in stale])
-            produced.update(self._ingest_together(conn, [(i, batch[i]) for i in todo]))
+            # The same command sent again (a producer's retry: same id, a new offset).
+            repeats = self._applied_by_id(conn, [batch[i].value["command_id"] for i in todo])
             for i in todo:
+                if batch[i].value["command_id"] in repeats:
+                    produced[i] = repeats[batch[i].value["command_id"]]
+            fresh = [i for i in todo if i not in produced]
+            produced.update(self._ingest_together(conn, [(i, batch[i]) for i in fresh]))
+            for i in fresh:
                 if i not in produced:
                     produced[i] = self._in_savepoint(conn, batch[i])
             rows = [
@@ -128,6 +135,18 @@ class RegistryHandler:
         )
         return {(t, p, o): (m, [_load(x) for x in json.loads(out)]) for t, p, o, m, out in rows}
 
+    def _applied_by_id(self, conn: Any, command_ids: Sequence[str]) -> dict[str, list[Outgoing]]:
+        """Commands among ``command_ids`` already applied (at another offset): their answers."""
+        if not command_ids:
+            return {}
+        c = self._processed.c
+        rows = conn.execute(
+            select(c.message_id, c.outputs).where(
+                c.consumer_group == self.group, c.message_id.in_(sorted(set(command_ids)))
+            )
+        )
+        return {m: [_load(x) for x in json.loads(out)] for m, out in rows}
+
     def _forget_offsets(self, conn: Any, items: Sequence[Incoming]) -> None:
         c = self._processed.c
         for item in items:
@@ -152,6 +171,10 @@ class RegistryHandler:
             changed = apply_command(self.registry, cmd)
         except ObsbusError as err:
             return self._rejected(value, key, err)
+        if isinstance(cmd, ChangeSet):
+            ids = [str(ref.id) for ref in cmd.datasets]
+            message = f"{cmd.what}: {changed} row(s)"
+            return [self._event(command_id, key, "changes-applied", message, dataset_ids=ids)]
         kind = {Certify: "certified", CertifySuite: "certified", Decertify: "decertified"}.get(
             type(cmd), "chain-defined"
         )

@@ -1,0 +1,53 @@
+"""Publish one message and wait for the answer that refers back to it.
+
+The asker joins the answers topic and moves to its end *before* sending, so it reads only
+answers that come after its request, however long the topic is.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from ..core.errors import BusError
+from . import codec
+from .topics import Topic
+from .transport import Bus
+
+
+def request(
+    bus: Bus,
+    topic: Topic,
+    key: str,
+    value: dict[str, Any],
+    answers: Topic,
+    is_answer: Callable[[dict[str, Any]], bool],
+    *,
+    timeout_s: float,
+    waiting_for: str,
+) -> dict[str, Any]:
+    """Send ``value`` on ``topic`` and return the first value on ``answers`` it accepts.
+
+    ``waiting_for`` names the services that answer, for the one-line timeout error.
+    """
+    consumer = bus.consumer(f"obsbus-ask-{uuid.uuid4()}", [answers.name])
+    try:
+        consumer.poll(1.0, 1)  # join the group, then skip to the end
+        for tp in consumer.assignment():
+            consumer.seek(tp, bus.end_offsets(tp[0]).get(tp[1], 0))
+        bus.send(topic.name, key.encode(), codec.encode(topic.record, value))
+        bus.flush()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for d in consumer.poll(0.5, 100):
+                answer = codec.decode(d.value).value
+                if is_answer(answer):
+                    return answer
+    finally:
+        consumer.close()
+    raise BusError(
+        f"no answer on {answers.name} within {timeout_s:g} s; are the {waiting_for} running? "
+        "(`obsbus status REPO`)"
+    )

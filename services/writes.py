@@ -1,0 +1,105 @@
+"""Where a user's registry changes go: straight into the registry, or to the registry service.
+
+While a registry service serves the repository it is the only writer (it owns the database,
+and its command topic is what a replay rebuilds the registry from), so the command line and
+the library send their changes to it as registry commands and wait for its answer. Otherwise
+they apply them here, in one transaction. Either way the same function applies them
+(``services.registry.commands.apply_command``), so the result is the same.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from .bus.config import KafkaSettings
+from .bus.messages import registry_command
+from .bus.request import request
+from .bus.topics import REGISTRY_COMMANDS, REGISTRY_EVENTS
+from .bus.transport import Bus
+from .core.errors import CommandRejectedError, RegistryServedError
+from .core.runfiles import service_pid
+from .registry.changes import ChangeSet
+from .registry.commands import Certify, Decertify, SetChain, apply_command
+from .registry.registry import Registry
+
+Change = ChangeSet | Certify | Decertify | SetChain
+
+
+class Writes(Protocol):
+    def apply(self, change: Change) -> None: ...
+
+
+@dataclass
+class LocalWrites:
+    registry: Registry
+
+    def apply(self, change: Change) -> None:
+        with self.registry.transaction():
+            apply_command(self.registry, change)
+
+
+@dataclass
+class BusWrites:
+    """Sends each change as a registry command and waits for the service's answer."""
+
+    issued_by: str
+    timeout_s: float = 120.0
+    _bus: Bus | None = field(default=None, repr=False)
+
+    def apply(self, change: Change) -> None:
+        if self._bus is None:
+            self._bus = KafkaSettings().bus(f"obsbus-writes-{os.getpid()}")
+        command = registry_command(change, self.issued_by)
+        answer = request(
+            self._bus,
+            REGISTRY_COMMANDS,
+            _key(change),
+            command,
+            REGISTRY_EVENTS,
+            lambda event: bool(event["command_id"] == command["command_id"]),
+            timeout_s=self.timeout_s,
+            waiting_for="registry service",
+        )
+        if answer["kind"] == "command-rejected":
+            raise CommandRejectedError(answer["message"], answer["reason"])
+
+    def close(self) -> None:
+        if self._bus is not None:
+            self._bus.close()
+
+
+def _key(change: Change) -> str:
+    # Ordered with the other commands about the same collection.
+    if isinstance(change, SetChain):
+        return change.parent
+    if isinstance(change, ChangeSet):
+        names = [c.name for c in change.collections] or [r.run for r in change.datasets]
+        return names[0] if names else change.what
+    return change.collection
+
+
+def registry_service_serves(repo: Path) -> bool:
+    """Whether a registry service (``obsbus serve registry`` / ``obsbus up``) runs for it."""
+    return service_pid(repo, "registry") is not None
+
+
+def require_no_registry_service(repo: Path, command: str, instead: str = "") -> None:
+    """Refuse a command that writes the registry directly while a registry service serves it
+    (it would be a second writer, and its changes would be missing from a replay)."""
+    pid = service_pid(repo, "registry")
+    if pid is not None:
+        raise RegistryServedError(
+            f"a registry service (pid {pid}) serves {repo} and is its only writer; "
+            f"`obsbus {command}` writes the registry directly: "
+            + (instead or f"stop the services first (`obsbus down {repo}`)")
+        )
+
+
+def writes_for(repo: Path, registry: Registry, actor: str | None = None) -> Writes:
+    if registry_service_serves(repo):
+        return BusWrites(f"{actor or getpass.getuser()} via obsbus")
+    return LocalWrites(registry)
