@@ -105,7 +105,7 @@ def test_cli_writes_go_through_the_registry_service(tmp_path: Path) -> None:
                 "SimCam/calib/2024",
                 "SimCam/calib/v2",
             ]
-            live = canonical_dump(butler.registry)
+            live = canonical_dump(butler.registry, history=True)
     finally:
         services.stop()
 
@@ -116,4 +116,4 @@ def test_cli_writes_go_through_the_registry_service(tmp_path: Path) -> None:
     replay = obsbus(services, "replay", str(fresh))
     assert replay.returncode == 0, replay.stderr
     with Butler.open(fresh) as butler:
-        assert canonical_dump(butler.registry) == live
+        assert canonical_dump(butler.registry, history=True) == live

@@ -100,6 +100,11 @@ def add_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
         "dump", parents=[common], help="canonical JSON dump of a registry (to compare two)"
     )
     p.add_argument("repo", type=Path)
+    p.add_argument(
+        "--history",
+        action="store_true",
+        help="also when each change happened (the history `--as-of` lookups see)",
+    )
     p.set_defaults(func=cmd_dump)
 
     p = sub.add_parser(
@@ -251,6 +256,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
     from ..registry.dump import canonical_dump
 
     with Butler.open(args.repo) as butler:
-        json.dump(canonical_dump(butler.registry), sys.stdout, indent=1, sort_keys=True)
+        dump = canonical_dump(butler.registry, history=args.history)
+        json.dump(dump, sys.stdout, indent=1, sort_keys=True)
     print()
     return 0

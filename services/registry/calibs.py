@@ -31,7 +31,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, RowMapping
 
 from ..core.errors import CalibrationAmbiguityError, CalibrationOverlapError
-from ..core.timespan import Timespan, now_ns
+from ..core.timespan import Timespan
+from .clock import change_time
 from .database import PG_DEADLOCK, PG_EXCLUSION_VIOLATION, sqlstate
 
 # How often certify plans again after losing a race to a concurrent certifier (PostgreSQL).
@@ -170,7 +171,7 @@ class CalibrationManager:
         return new
 
     def _insert(self, conn: Connection, new: Sequence[Validity], by: str) -> int:
-        at = now_ns()
+        at = change_time()
         rows = [
             {
                 "collection_id": v.collection_id,
@@ -219,7 +220,7 @@ class CalibrationManager:
         rows = list(conn.execute(stmt).mappings())
         if not rows:
             return 0
-        at = now_ns()
+        at = change_time()
         conn.execute(
             self._v.update()
             .where(c.id.in_([r["id"] for r in rows]))

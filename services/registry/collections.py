@@ -24,7 +24,8 @@ from ..core.errors import (
     CollectionTypeError,
     MissingCollectionError,
 )
-from ..core.timespan import now_ns, ns_to_iso
+from ..core.timespan import ns_to_iso
+from .clock import change_time
 
 
 class CollectionType(enum.Enum):
@@ -126,7 +127,7 @@ class CollectionManager:
             with conn.begin_nested():  # a concurrent writer may create it first
                 result = conn.execute(
                     self._collection.insert().values(
-                        name=name, type=type_.value, doc=doc, created_at=now_ns()
+                        name=name, type=type_.value, doc=doc, created_at=change_time()
                     )
                 )
         except sqlalchemy.exc.IntegrityError:
@@ -145,7 +146,7 @@ class CollectionManager:
         collection = self.get(conn, name)
         if collection.frozen_at is not None:
             return collection
-        at = now_ns()
+        at = change_time()
         conn.execute(
             self._collection.update()
             .where(self._collection.c.id == collection.id)
@@ -200,7 +201,7 @@ class CollectionManager:
                 )
         if self.children(conn, parent) == list(children):
             return list(children)
-        at = now_ns()
+        at = change_time()
         conn.execute(
             self._chain.update()
             .where(self._chain.c.parent_id == parent.id, self._chain.c.superseded_at.is_(None))

@@ -19,8 +19,8 @@ from ..core.errors import (
     DatasetTypeError,
     MissingDatasetTypeError,
 )
-from ..core.timespan import now_ns
 from ..datastore.datastore import StoredFile
+from .clock import change_time, dataset_time
 
 # Namespace of obsbus's deterministic dataset ids (uuid5); never change it.
 DATASET_ID_NAMESPACE = uuid.UUID("5e1d9c1a-8f0b-4c4e-9a8e-0b5b2b7f0a11")
@@ -194,7 +194,7 @@ class DatasetManager:
         }
         outcomes: list[InsertOutcome] = []
         rows: list[dict[str, Any]] = []
-        at = now_ns()
+        at = change_time()
         for ref, key in zip(refs, keys, strict=True):
             old = existing_by_id.get(ref.id)
             if old is not None:
@@ -221,7 +221,7 @@ class DatasetManager:
                     "dataset_type_id": key[0],
                     "run_id": run_id,
                     "data_id_key": ref.data_id.key,
-                    "ingest_date": at,
+                    "ingest_date": dataset_time(ref.id, at),
                     # Every row names every dimension column: executemany takes its columns
                     # from the first row, so a missing key would silently drop values.
                     **self._no_data_id,

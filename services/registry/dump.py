@@ -31,6 +31,17 @@ VOLATILE = {
     "changed_at",
     "changed_by",
 }
+# When things happened: taken from the commands' issue times when the registry service applied
+# them, so a replayed registry has the same history (``history=True`` compares it too). Who
+# did it (the service or the replay) and local-only changes (freezing) stay out.
+HISTORY = {
+    "ingest_date",
+    "created_at",
+    "certified_at",
+    "decertified_at",
+    "defined_at",
+    "superseded_at",
+}
 # Tables whose "id" is a surrogate number (dimension ids like exposure.id are content).
 SURROGATE_IDS = {"collection", "dataset_type", "calib_validity", "collection_chain"}
 SKIPPED_TABLES = {"bus_processed", "record_audit"}
@@ -43,8 +54,11 @@ _NAMED = {
 }
 
 
-def canonical_dump(registry: Registry) -> dict[str, list[dict[str, Any]]]:
+def canonical_dump(registry: Registry, history: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """The registry's content; with ``history``, also when each change happened (and the
+    decertified ranges and superseded chains that "as of" lookups still see)."""
     tables = build_metadata(registry.universe).tables
+    dropped = VOLATILE - HISTORY if history else VOLATILE
     out: dict[str, list[dict[str, Any]]] = {}
     with registry.transaction() as conn:
         names = {
@@ -57,7 +71,9 @@ def canonical_dump(registry: Registry) -> dict[str, list[dict[str, Any]]]:
             if name in SKIPPED_TABLES:
                 continue
             stmt = select(table)
-            if name == "calib_validity":
+            if history:
+                pass  # every row: decertified ranges and superseded chains are history
+            elif name == "calib_validity":
                 stmt = stmt.where(live_calibs)
             elif name == "collection_chain":
                 stmt = stmt.where(live_chains)
@@ -65,7 +81,7 @@ def canonical_dump(registry: Registry) -> dict[str, list[dict[str, Any]]]:
             for row in conn.execute(stmt).mappings():
                 clean = {}
                 for column, value in row.items():
-                    if column in VOLATILE or (column == "id" and name in SURROGATE_IDS):
+                    if column in dropped or (column == "id" and name in SURROGATE_IDS):
                         continue
                     if column in _NAMED:
                         value = names[_NAMED[column]][value]

@@ -22,7 +22,8 @@ from ..core.errors import (
     RecordExistsError,
     RecordNotFoundError,
 )
-from ..core.timespan import Timespan, now_ns
+from ..core.timespan import Timespan
+from .clock import change_time
 from .schema import element_table_name
 
 SyncResult = Literal["inserted", "unchanged"]
@@ -188,7 +189,7 @@ class DimensionRecords:
             self.table(element_name).update().where(self._key_clause(element, checked)).values(row)
         )
         key_json = json.dumps({k: checked[k] for k in element.key_columns}, sort_keys=True)
-        at = now_ns()
+        at = change_time()
         conn.execute(
             self._tables["record_audit"].insert(),
             [

@@ -24,6 +24,7 @@ from ..core.timespan import now_ns
 from ..ingest.raws import IngestOutcome
 from ..ingest.service import exposure_key, outcome_value
 from .changes import ChangeSet
+from .clock import changes_made_at
 from .commands import Certify, Decertify, IngestApplier, IngestRaw, IngestResult, apply_command
 from .registry import Registry
 from .schema import build_metadata
@@ -82,7 +83,9 @@ class RegistryHandler:
     def _in_savepoint(self, conn: Any, item: Incoming) -> list[Outgoing]:
         savepoint = conn.begin_nested()
         try:
-            out = self._apply(item)
+            # History columns take the command's issue time: a replay writes the same history.
+            with changes_made_at(int(item.value["issued_at_ns"])):
+                out = self._apply(item)
         except BaseException:
             savepoint.rollback()
             self.applier.forget()
@@ -109,9 +112,15 @@ class RegistryHandler:
                 commands.append((i, item, cmd))
         if len(commands) < 2:
             return {}
+        issued = {
+            ref.id: int(item.value["issued_at_ns"])
+            for _, item, cmd in commands
+            for ref in cmd.datasets
+        }
         savepoint = conn.begin_nested()
         try:
-            results = self.applier.apply_many([cmd for _, _, cmd in commands])
+            with changes_made_at(min(issued.values()), issued):
+                results = self.applier.apply_many([cmd for _, _, cmd in commands])
         except ObsbusError:
             savepoint.rollback()
             self.applier.forget()
