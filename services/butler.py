@@ -25,7 +25,7 @@ from .core.config import (
 )
 from .core.errors import DatasetNotFoundError, ObsbusError, UnregisteredDataIdError
 from .core.timespan import Timespan
-from .datastore.datastore import FileDatastore, StoredFile
+from .datastore.datastore import DatastoreTransaction, FileDatastore, StoredFile
 from .datastore.formatters import load_formatter
 from .datastore.storage_classes import get_storage_class
 from .registry.changes import ChangeSet
@@ -70,6 +70,26 @@ class FileToIngest:
     path: Path
     ref: DatasetRef
     formatter: str | None = None  # import path; None = from storage class and extension
+
+
+def ingest_file(
+    files: DatastoreTransaction,
+    path: Path,
+    ref: DatasetRef,
+    transfer: str,
+    formatter: str | None = None,
+) -> StoredFile:
+    """Bring ``path`` into the datastore as the file of dataset ``ref``."""
+    return files.ingest(
+        path,
+        dataset_id=ref.id,
+        dataset_type=ref.dataset_type.name,
+        run=ref.run,
+        data_id=ref.data_id,
+        storage_class=ref.dataset_type.storage_class,
+        formatter=formatter,
+        transfer=transfer,
+    )
 
 
 class Butler:
@@ -157,16 +177,7 @@ class Butler:
         new = [i for i, f in enumerate(files) if f.ref.id not in present]
         with self.datastore.transaction(batch_sync=True) as files_txn:
             stored = [
-                files_txn.ingest(
-                    files[i].path,
-                    dataset_id=files[i].ref.id,
-                    dataset_type=files[i].ref.dataset_type.name,
-                    run=files[i].ref.run,
-                    data_id=files[i].ref.data_id,
-                    storage_class=files[i].ref.dataset_type.storage_class,
-                    formatter=files[i].formatter,
-                    transfer=transfer,
-                )
+                ingest_file(files_txn, files[i].path, files[i].ref, transfer, files[i].formatter)
                 for i in new
             ]
             files_txn.make_durable()  # the files, then the rows that point at them

@@ -41,7 +41,7 @@ from typing import Any, Literal
 from astropy.table import Table
 from astropy.time import Time
 
-from ..butler import Butler
+from ..butler import Butler, ingest_file
 from ..core.errors import (
     CollectionExistsError,
     InputError,
@@ -481,15 +481,7 @@ def write_curated_calibrations(
     with butler.datastore.transaction(batch_sync=True) as files_txn:
         stored = []
         for f, ref in zip(tree.files, refs, strict=True):
-            item = files_txn.ingest(
-                f.path,
-                dataset_id=ref.id,
-                dataset_type=ref.dataset_type.name,
-                run=ref.run,
-                data_id=ref.data_id,
-                storage_class=ref.dataset_type.storage_class,
-                transfer="copy",
-            )
+            item = ingest_file(files_txn, f.path, ref, "copy")
             if item.checksum != f.checksum:
                 raise InputError(
                     f"{f.path} changed while being written (its content is not what was "

@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..butler import Butler
+from ..butler import Butler, ingest_file
 from ..core.errors import (
     CollectionExistsError,
     InputError,
@@ -209,18 +209,7 @@ def import_calibrations(
                 )
         _insert(butler, list(unique.values()), table)
         _check_movable(table, [row for _, row in unique.values()], transfer)
-        stored = [
-            files_txn.ingest(
-                row.file,
-                dataset_id=ref.id,
-                dataset_type=ref.dataset_type.name,
-                run=ref.run,
-                data_id=ref.data_id,
-                storage_class=ref.dataset_type.storage_class,
-                transfer=transfer,
-            )
-            for ref, row in unique.values()
-        ]
+        stored = [ingest_file(files_txn, row.file, ref, transfer) for ref, row in unique.values()]
         registry.store_files(stored)
         suite = Suite(
             collection=target,
