@@ -31,7 +31,7 @@ from .datastore.storage_classes import get_storage_class
 from .registry.changes import ChangeSet
 from .registry.datasets import DatasetRef, DatasetType, IdGenerationMode, InsertOutcome
 from .registry.registry import CalibrationMatch, Registry
-from .writes import BusWrites, Writes, writes_for
+from .writes import BusWrites, Writes, apply_or_hold, writes_for
 
 
 def default_actor() -> str:
@@ -175,6 +175,7 @@ class Butler:
         """
         present = {f.ref.id for f in files if self._has_dataset(f.ref.id)}
         new = [i for i, f in enumerate(files) if f.ref.id not in present]
+        unanswered = None
         with self.datastore.transaction(batch_sync=True) as files_txn:
             stored = [
                 ingest_file(files_txn, files[i].path, files[i].ref, transfer, files[i].formatter)
@@ -189,11 +190,13 @@ class Butler:
                     stored=tuple(stored),
                 )
                 try:
-                    self.writes.apply(changes)
+                    unanswered = apply_or_hold(self.writes, changes)
                 except UnregisteredDataIdError as err:
                     if err.index is None:
                         raise
                     raise UnregisteredDataIdError(str(err), new[err.index]) from err
+        if unanswered is not None:
+            raise unanswered  # sent, unanswered: its files stay for when it is applied
         return ["already-present" if f.ref.id in present else "inserted" for f in files]
 
     def register_dataset_type(self, dataset_type: DatasetType) -> bool:
@@ -223,20 +226,25 @@ class Butler:
         mode: IdGenerationMode = IdGenerationMode.UNIQUE,
         formatter: str | None = None,
     ) -> DatasetRef:
+        """Write ``obj`` as a new dataset (a repeat with a deterministic id changes nothing)."""
         ref = self.registry.make_ref(dataset_type, data_id, run, mode)
-        with self.datastore.transaction() as files_txn, self.registry.transaction():
-            (outcome,) = self.registry.insert_datasets([ref])
-            if outcome == "inserted":
-                stored = files_txn.put(
-                    obj,
-                    dataset_id=ref.id,
-                    dataset_type=ref.dataset_type.name,
-                    run=run,
-                    data_id=ref.data_id,
-                    storage_class=ref.dataset_type.storage_class,
-                    formatter=formatter,
-                )
-                self.registry.store_files([stored])
+        if self._has_dataset(ref.id):
+            return ref
+        with self.datastore.transaction() as files_txn:
+            stored = files_txn.put(
+                obj,
+                dataset_id=ref.id,
+                dataset_type=ref.dataset_type.name,
+                run=run,
+                data_id=ref.data_id,
+                storage_class=ref.dataset_type.storage_class,
+                formatter=formatter,
+            )
+            what = f"put {ref.dataset_type.name} into {run}"
+            changes = ChangeSet(what=what, datasets=(ref,), stored=(stored,))
+            unanswered = apply_or_hold(self.writes, changes)
+        if unanswered is not None:
+            raise unanswered  # sent, unanswered: its file stays for when it is applied
         return ref
 
     # --- reading --------------------------------------------------------------------------------

@@ -18,9 +18,9 @@ from typing import Protocol
 from .bus.config import KafkaSettings
 from .bus.messages import registry_command
 from .bus.request import request
-from .bus.topics import REGISTRY_COMMANDS, REGISTRY_EVENTS
+from .bus.topics import REGISTRY_COMMANDS, REGISTRY_EVENTS, WRITES_KEY
 from .bus.transport import Bus
-from .core.errors import CommandRejectedError, RegistryServedError
+from .core.errors import CommandRejectedError, NoAnswerError, RegistryServedError
 from .core.runfiles import service_pid
 from .registry.changes import ChangeSet
 from .registry.commands import Certify, Decertify, SetChain, apply_command
@@ -57,7 +57,7 @@ class BusWrites:
         answer = request(
             self._bus,
             REGISTRY_COMMANDS,
-            _key(change),
+            WRITES_KEY,
             command,
             REGISTRY_EVENTS,
             lambda event: bool(event["command_id"] == command["command_id"]),
@@ -72,14 +72,15 @@ class BusWrites:
             self._bus.close()
 
 
-def _key(change: Change) -> str:
-    # Ordered with the other commands about the same collection.
-    if isinstance(change, SetChain):
-        return change.parent
-    if isinstance(change, ChangeSet):
-        names = [c.name for c in change.collections] or [r.run for r in change.datasets]
-        return names[0] if names else change.what
-    return change.collection
+def apply_or_hold(writes: Writes, change: Change) -> NoAnswerError | None:
+    """Apply ``change``; if it was sent to the registry service but not answered, return the
+    error instead of raising it, so the caller keeps the files the change points at (the
+    service may still apply it) and raises it once its datastore transaction is committed."""
+    try:
+        writes.apply(change)
+    except NoAnswerError as err:
+        return err
+    return None
 
 
 def registry_service_serves(repo: Path) -> bool:

@@ -295,7 +295,18 @@ def test_a_command_sent_again_is_answered_again_not_applied_again(
     ]
     assert len(answers) == 2 and answers[0] == answers[1]
     assert answers[0]["message"] == "decertified: 1 row(s)"
+    # Both copies in one batch: the first is applied, the second gets its answers.
+    later = Timespan.from_times("2024-12-05", "2024-12-06")
+    twice = registry_command(Decertify("SimCam/calib/bless", "bias", later), "pytest")
+    for _ in range(2):
+        bus.send(REGISTRY_COMMANDS.name, b"c", codec.encode(REGISTRY_COMMANDS.record, twice))
+    pipeline.drain()
+    answers = [
+        e for e in decoded(bus, REGISTRY_EVENTS.name) if e["command_id"] == twice["command_id"]
+    ]
+    assert len(answers) == 2 and answers[0] == answers[1]
+    assert answers[0]["message"] == "decertified: 1 row(s)"
     ranges = registry.query_calibrations("SimCam/calib/bless", "bias")
-    assert sorted(str(ts) for _, ts in ranges) == sorted(
-        str(ts) for ts in Timespan.from_times("2024-11-01", None).difference(window)
-    )
+    left = Timespan.from_times("2024-11-01", None).difference(window)
+    expected = [piece for ts in left for piece in ts.difference(later)]
+    assert sorted(str(ts) for _, ts in ranges) == sorted(str(ts) for ts in expected)

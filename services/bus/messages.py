@@ -17,7 +17,13 @@ from ..core.dimensions import DataId
 from ..core.errors import InputError
 from ..core.timespan import Timespan, now_ns
 from ..datastore.datastore import StoredFile
-from ..registry.changes import Certification, ChainChange, ChangeSet, NewCollection
+from ..registry.changes import (
+    Certification,
+    ChainChange,
+    ChangeSet,
+    NewCollection,
+    check_files,
+)
 from ..registry.collections import CollectionType
 from ..registry.commands import (
     Certify,
@@ -200,6 +206,7 @@ def _stored_datasets_from(
 
 
 def _change_set_body(cmd: ChangeSet) -> dict[str, Any]:
+    check_files(cmd)  # each dataset travels with its one file
     files = {s.dataset_id: s for s in cmd.stored}
     return {
         "what": cmd.what,

@@ -1,10 +1,10 @@
 """Rebuilding a registry from the registry-command topic.
 
-Commands are applied in the order they were issued (``issued_at_ns``), merging the topic's
-partitions, not partition by partition: two writes to one chain, or a certification and the
-datasets it certifies, may sit on different partitions, and their order decides the result.
-A command that depended on another was issued after that one was answered, so issue order
-keeps every dependency, and a replayed registry dumps identically to the live one.
+Within a partition, commands are applied in their order there, as the live service did; every
+command but raw ingest shares one key (``topics.WRITES_KEY``), so certifications, chains and
+change sets replay in the order they were sent. Across partitions (raw ingest is keyed by
+exposure) the command issued first goes first: a command that depended on another (e.g. a
+certification of flats made from raws) was issued after that one was answered.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ STALL_S = 60.0  # no message at all for this long before the end: give up
 @dataclass
 class ReplayCounts:
     applied: int = 0
+    refused: int = 0  # refused again, as they may have been live (see `obsbus events`)
     skipped: int = 0  # undecodable: dead-lettered when they were live
 
 
@@ -42,12 +43,16 @@ def replay(bus: Bus, registry: Registry) -> ReplayCounts:
     for item in _in_issue_order(bus, group, counts):
         batch.append(item)
         if len(batch) >= BATCH:
-            handler(batch)  # the answers were published live; a replay only rebuilds
-            counts.applied += len(batch)
+            _apply(handler, batch, counts)
             batch = []
-    handler(batch)
-    counts.applied += len(batch)
+    _apply(handler, batch, counts)
     return counts
+
+
+def _apply(handler: RegistryHandler, batch: list[Incoming], counts: ReplayCounts) -> None:
+    answers = handler(batch)  # published live already; a replay only rebuilds
+    counts.applied += len(batch)
+    counts.refused += sum(a.value.get("kind") == "command-rejected" for a in answers)
 
 
 def _in_issue_order(bus: Bus, group: str, counts: ReplayCounts) -> Iterator[Incoming]:

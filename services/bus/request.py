@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from ..core.errors import BusError
+from ..core.errors import NoAnswerError
 from . import codec
 from .topics import Topic
 from .transport import Bus
@@ -30,7 +30,9 @@ def request(
 ) -> dict[str, Any]:
     """Send ``value`` on ``topic`` and return the first value on ``answers`` it accepts.
 
-    ``waiting_for`` names the services that answer, for the one-line timeout error.
+    ``waiting_for`` names the services that answer, for the one-line timeout error. Once the
+    message is sent, no answer in time (or Ctrl-C while waiting) is ``NoAnswerError``: the
+    request may still be carried out.
     """
     consumer = bus.consumer(f"obsbus-ask-{uuid.uuid4()}", [answers.name])
     try:
@@ -40,14 +42,20 @@ def request(
         bus.send(topic.name, key.encode(), codec.encode(topic.record, value))
         bus.flush()
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for d in consumer.poll(0.5, 100):
-                answer = codec.decode(d.value).value
-                if is_answer(answer):
-                    return answer
+        try:
+            while time.monotonic() < deadline:
+                for d in consumer.poll(0.5, 100):
+                    answer = codec.decode(d.value).value
+                    if is_answer(answer):
+                        return answer
+        except KeyboardInterrupt:
+            raise NoAnswerError(
+                f"interrupted while waiting on {answers.name}: the request was sent and may "
+                f"still be carried out by the {waiting_for}"
+            ) from None
     finally:
         consumer.close()
-    raise BusError(
-        f"no answer on {answers.name} within {timeout_s:g} s; are the {waiting_for} running? "
-        "(`obsbus status REPO`)"
+    raise NoAnswerError(
+        f"no answer on {answers.name} within {timeout_s:g} s (the request was sent and may "
+        f"still be carried out); is the {waiting_for} running? (`obsbus status REPO`)"
     )

@@ -36,10 +36,14 @@ INGEST_OUTCOMES = Topic(
     6,
     doc="What happened to each raw file: ingested, already-present or failed with a reason.",
 )
+# The key of every registry command but raw ingest (certifications, chains, change sets): one
+# partition keeps them in the order they were sent, which decides e.g. a chain's order.
+WRITES_KEY = "obsbus/writes"
+
 REGISTRY_COMMANDS = Topic(
     "obsbus.registry.commands",
     "RegistryCommand",
-    "instrument/exposure for raw ingest; the CALIBRATION collection for certify",
+    f"instrument/exposure for raw ingest; {WRITES_KEY!r} for every other command (in order)",
     6,
     doc="Changes for the registry service (its only input); replaying it rebuilds a registry.",
 )

@@ -209,7 +209,18 @@ class KafkaBus:
         self._pending: list[Any] = []
 
     def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        self._pending.append(self._producer.send(self.namespace + topic, key=key, value=value))
+        from kafka.errors import KafkaError, MessageSizeTooLargeError
+
+        try:
+            future = self._producer.send(self.namespace + topic, key=key, value=value)
+        except MessageSizeTooLargeError:
+            raise BusError(
+                f"a {len(value):,}-byte message is too large for {topic} (the limit is about "
+                "1 MB): write in smaller parts (e.g. split the table)"
+            ) from None
+        except KafkaError as err:
+            raise BusError(f"Kafka refused a message for {topic}: {err}") from err
+        self._pending.append(future)
 
     def flush(self) -> None:
         self._producer.flush()

@@ -96,7 +96,7 @@ def request_blessing(
         CALIB_OUTCOMES,
         lambda outcome: bool(outcome["request_id"] == request_id),
         timeout_s=timeout_s,
-        waiting_for="calib and registry services",
+        waiting_for="calib service (and the registry service)",
     )
     return BlessingOutcome.from_value(answer)
 

@@ -54,6 +54,7 @@ from ..instruments.base import Instrument
 from ..registry.changes import Certification, ChainChange, ChangeSet, NewCollection
 from ..registry.collections import CollectionType
 from ..registry.datasets import DatasetRef, DatasetType, IdGenerationMode
+from ..writes import apply_or_hold
 
 __all__ = [
     "CURATED_TYPES",
@@ -514,13 +515,15 @@ def write_curated_calibrations(
             ),
         )
         try:
-            butler.writes.apply(changes)
+            unanswered = apply_or_hold(butler.writes, changes)
         except UnregisteredDataIdError as err:
             if err.index is None:
                 raise
             raise UnregisteredDataIdError(
                 f"{tree.files[err.index].path}: {err}", err.index
             ) from err
+    if unanswered is not None:
+        raise unanswered  # sent, unanswered: its files stay for when it is applied
     certified = [(ref, f.timespan, f.path) for f, ref in zip(tree.files, refs, strict=True)]
     children = registry.get_chain(chain)
     return CuratedWrite(parent, list(runs.values()), collection, chain, children, certified)

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from ..bus.messages import registry_command
 from ..bus.runner import Incoming, Outgoing
-from ..bus.topics import CALIB_OUTCOMES, REGISTRY_COMMANDS
+from ..bus.topics import CALIB_OUTCOMES, REGISTRY_COMMANDS, WRITES_KEY
 from ..core.errors import InputError, ObsbusError
 from ..core.timespan import now_ns
 from ..registry.registry import Registry
@@ -60,7 +60,7 @@ class CalibHandler:
             )
         return Outgoing(
             REGISTRY_COMMANDS.name,
-            request["collection"],
+            WRITES_KEY,
             REGISTRY_COMMANDS.record,
             registry_command(
                 command,

@@ -42,6 +42,7 @@ from ..datastore.datastore import file_checksum
 from ..registry.collections import CollectionType
 from ..registry.datasets import DatasetRef, DatasetType, IdGenerationMode
 from ..registry.suites import apply_suite
+from ..writes import require_no_registry_service
 from .suite import NS_CONTEXT, CalibrationSpec, Suite, check_suite, validation_summary
 
 TABLE_NAME = "calibrations.ecsv"
@@ -192,6 +193,7 @@ def import_calibrations(
     The target is ``collection``, else the table's ``collection`` metadata. Overlaps with what
     the collection holds (or between rows) refuse the whole import, as a blessing would.
     """
+    require_no_registry_service(butler.root, "import-calibrations")  # it writes directly
     target = collection or table.meta.collection
     if not target:
         raise InputError(f"{table.path}: no collection in the table metadata; give --collection")

@@ -244,10 +244,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
             counts = replay(bus, butler.registry)
     finally:
         bus.close()
+    notes = [f"{counts.refused} refused" if counts.refused else ""]
+    notes.append(f"{counts.skipped} undecodable skipped" if counts.skipped else "")
+    shown = "; ".join(n for n in notes if n)
     print(
-        f"replayed {counts.applied} command(s) into {args.repo}"
-        + (f" ({counts.skipped} undecodable skipped)" if counts.skipped else "")
+        f"replayed {counts.applied} command(s) into {args.repo}" + (f" ({shown})" if shown else "")
     )
+    if counts.refused:
+        print(
+            "refused commands may have been refused live too; if not, the fresh repository "
+            "lacked something (register its instruments first: `obsbus register-instrument`)"
+        )
     return 0
 
 

@@ -12,7 +12,6 @@ from ..butler import Butler
 from ..datastore.datastore import TRANSFER_MODES
 from ..ingest.headers import configure_offline_translation
 from ..ingest.raws import RawIngester, find_raw_files
-from ..writes import require_no_registry_service
 from .output import emit
 
 Sub = Any
@@ -32,11 +31,6 @@ def add_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_ingest_raws(args: argparse.Namespace) -> int:
-    require_no_registry_service(
-        args.repo,
-        "ingest-raws",
-        "drop the files into the watched landing folder instead, the services ingest them",
-    )
     configure_offline_translation()
     files = find_raw_files(args.paths)
     counts = {"ingested": 0, "already-present": 0, "failed": 0}

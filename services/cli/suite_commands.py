@@ -9,7 +9,6 @@ from typing import Any
 
 from ..butler import Butler
 from ..datastore.datastore import TRANSFER_MODES
-from ..writes import require_no_registry_service
 
 Sub = Any
 
@@ -71,7 +70,6 @@ def cmd_bless_suite(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    require_no_registry_service(args.repo, "import-calibrations")
     from ..calib.transfer import import_calibrations, read_validity_table
 
     table = read_validity_table(args.table)

@@ -347,6 +347,12 @@ class CommandRejectedError(ObsbusError):
             self.code = reason
 
 
+class NoAnswerError(BusError):
+    """A message was sent but its answer did not come in time (it may still be acted on)."""
+
+    code = "no_answer"
+
+
 class UndecodableMessageError(BusError):
     """A message's bytes are not a single-object encoded Avro record obsbus knows."""
 

@@ -17,23 +17,30 @@ def run_dir(repo: Path) -> Path:
     return path
 
 
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is still one of our service processes (pids are reused after exit)."""
+def alive(pid: int, service: str | None = None) -> bool:
+    """Whether ``pid`` is still one of our service processes (``obsbus serve SERVICE ...``;
+    pids are reused after exit), and runs ``service`` if one is named."""
     proc = Path(f"/proc/{pid}")
     try:
         stat = (proc / "stat").read_text()
-        cmdline = (proc / "cmdline").read_bytes()
+        argv = (proc / "cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    ours = b"services.cli.main" in cmdline or b"obsbus" in cmdline
-    return ours and not stat.split(") ")[-1].startswith(("Z", "X"))
+    if stat.split(") ")[-1].startswith(("Z", "X")) or b"serve" not in argv:
+        return False
+    ours = any(a.endswith(b"obsbus") for a in argv) or b"services.cli.main" in argv
+    following = argv[argv.index(b"serve") + 1 : argv.index(b"serve") + 2]
+    return ours and (service is None or following == [service.encode()])
 
 
-def service_pid(repo: Path, name: str) -> int | None:
-    """The pid of the running service ``name`` of ``repo``, or None."""
-    path = repo.resolve() / "var" / "run" / f"{name}.pid"
-    try:
-        pid = int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if alive(pid) else None
+def service_pid(repo: Path, service: str) -> int | None:
+    """The pid of a running ``service`` (registry, ingest, ...) of ``repo``, whatever name it
+    was started under (``--name``), or None."""
+    for path in sorted((repo.resolve() / "var" / "run").glob("*.pid")):
+        try:
+            pid = int(path.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if alive(pid, service):
+            return pid
+    return None

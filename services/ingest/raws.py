@@ -29,6 +29,7 @@ from ..instruments.base import RAW
 from ..registry.commands import IngestApplier, IngestRaw, Installation
 from ..registry.datasets import DatasetRef, IdGenerationMode
 from ..registry.registry import Registry
+from ..writes import require_no_registry_service
 from .fitsfile import read_hdus
 from .headers import HeaderTranslator, choose_translator
 from .observation import Record
@@ -198,6 +199,10 @@ class RawIngester:
     """Ingests raw files into a repository; one instance per ingest session or service."""
 
     def __init__(self, butler: Butler, *, transfer: str = "copy", run: str | None = None) -> None:
+        # Raw ingest writes the registry directly: not while a registry service owns it.
+        require_no_registry_service(
+            butler.root, "ingest-raws", "drop the files into the watched landing folder instead"
+        )
         self.butler = butler
         self.transfer = transfer
         self.run = run

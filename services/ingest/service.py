@@ -8,6 +8,7 @@ registry, answers each command with the file's final outcome.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,13 @@ from ..core.timespan import now_ns
 from ..datastore.datastore import DatastoreTransaction
 from .headers import HeaderTranslator, configure_offline_translation
 from .raws import IngestOutcome, prepare, raw_refs, to_command, transfer_file
+
+_COMMAND_IDS = uuid.UUID("6f1c7c3e-2f0b-5d9a-9a51-0b5e2d1c4a77")  # uuid5 namespace
+
+
+def command_id(arrival: dict[str, Any]) -> str:
+    """The registry command id of the IngestRaw answering ``arrival``."""
+    return str(uuid.uuid5(_COMMAND_IDS, arrival["arrival_id"]))
 
 
 def exposure_key(instrument: str, exposure: int) -> str:
@@ -77,5 +85,7 @@ class IngestHandler:
             REGISTRY_COMMANDS.name,
             exposure_key(prepared.instrument.name, prepared.exposure["id"]),
             REGISTRY_COMMANDS.record,
-            registry_command(command, self.name, arrival=arrival),
+            # One command id per arrival: an arrival handled again after a crash sends the
+            # same command, which the registry answers again instead of applying twice.
+            registry_command(command, self.name, arrival=arrival, command_id=command_id(arrival)),
         )

@@ -92,7 +92,7 @@ def apply_change_set(registry: Registry, changes: ChangeSet) -> int:
                 raise UnregisteredDataIdError(str(err), positions[err.index]) from err
             inserted |= {r.id for r, o in zip(group, outcomes, strict=True) if o == "inserted"}
         count += len(inserted)
-        _check_files(changes)
+        check_files(changes)
         # A dataset already there keeps its file record (a repeat of the same change).
         registry.store_files([s for s in changes.stored if s.dataset_id in inserted])
         added = {str(ref.id): ref for ref in changes.datasets}
@@ -105,7 +105,7 @@ def apply_change_set(registry: Registry, changes: ChangeSet) -> int:
     return count
 
 
-def _check_files(changes: ChangeSet) -> None:
+def check_files(changes: ChangeSet) -> None:
     """Every dataset added comes with exactly one file, and every file with its dataset."""
     ids = sorted(str(ref.id) for ref in changes.datasets)
     files = sorted(str(s.dataset_id) for s in changes.stored)

@@ -36,7 +36,6 @@ VOLATILE = {
 # did it (the service or the replay) and local-only changes (freezing) stay out.
 HISTORY = {
     "ingest_date",
-    "created_at",
     "certified_at",
     "decertified_at",
     "defined_at",

@@ -11,7 +11,8 @@ same answers are sent again.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import select, tuple_
@@ -56,14 +57,23 @@ class RegistryHandler:
             self._forget_offsets(conn, [batch[i] for i in stale])
             # The same command sent again (a producer's retry: same id, a new offset).
             repeats = self._applied_by_id(conn, [batch[i].value["command_id"] for i in todo])
+            first: dict[str, int] = {}  # ... or twice in this batch: the first copy is applied
+            copies: dict[int, int] = {}
             for i in todo:
-                if batch[i].value["command_id"] in repeats:
-                    produced[i] = repeats[batch[i].value["command_id"]]
-            fresh = [i for i in todo if i not in produced]
+                command_id = batch[i].value["command_id"]
+                if command_id in repeats:
+                    produced[i] = repeats[command_id]
+                elif command_id in first:
+                    copies[i] = first[command_id]
+                else:
+                    first[command_id] = i
+            fresh = [i for i in todo if i not in produced and i not in copies]
             produced.update(self._ingest_together(conn, [(i, batch[i]) for i in fresh]))
             for i in fresh:
                 if i not in produced:
                     produced[i] = self._in_savepoint(conn, batch[i])
+            for i, original in copies.items():
+                produced[i] = produced[original]
             rows = [
                 {
                     "consumer_group": self.group,
@@ -83,8 +93,9 @@ class RegistryHandler:
     def _in_savepoint(self, conn: Any, item: Incoming) -> list[Outgoing]:
         savepoint = conn.begin_nested()
         try:
-            # History columns take the command's issue time: a replay writes the same history.
-            with changes_made_at(int(item.value["issued_at_ns"])):
+            # History columns take the command's issue time and issuer: a replay writes the
+            # same history, and a user's write through the service is stamped as theirs.
+            with changes_made_at(int(item.value["issued_at_ns"])), self._as(item):
                 out = self._apply(item)
         except BaseException:
             savepoint.rollback()
@@ -96,6 +107,14 @@ class RegistryHandler:
         else:
             savepoint.commit()
         return out
+
+    @contextmanager
+    def _as(self, item: Incoming) -> Iterator[None]:
+        previous, self.registry.actor = self.registry.actor, str(item.value["issued_by"])
+        try:
+            yield
+        finally:
+            self.registry.actor = previous
 
     def _ingest_together(
         self, conn: Any, items: list[tuple[int, Incoming]]
@@ -150,9 +169,9 @@ class RegistryHandler:
             return {}
         c = self._processed.c
         rows = conn.execute(
-            select(c.message_id, c.outputs).where(
-                c.consumer_group == self.group, c.message_id.in_(sorted(set(command_ids)))
-            )
+            select(c.message_id, c.outputs)
+            .where(c.consumer_group == self.group, c.message_id.in_(sorted(set(command_ids))))
+            .order_by(c.processed_at.desc())  # the first time it was applied wins
         )
         return {m: [_load(x) for x in json.loads(out)] for m, out in rows}
 

@@ -1,0 +1,48 @@
+"""Finding a repository's running services from their pid files, and nothing else."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.core.runfiles import alive, run_dir, service_pid
+
+
+@pytest.fixture
+def fake_service(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A process whose command line is `obsbus serve registry REPO`, as a service's is."""
+    script = tmp_path / "bin" / "obsbus"
+    script.parent.mkdir()
+    script.write_text("#!/bin/sh\nsleep 60\n")
+    script.chmod(0o755)
+    proc = subprocess.Popen([str(script), "serve", "registry", str(tmp_path / "repo")])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_service_is_found_whatever_its_name(
+    tmp_path: Path, fake_service: subprocess.Popen[bytes]
+) -> None:
+    repo = tmp_path / "repo"
+    assert service_pid(repo, "registry") is None
+    (run_dir(repo) / "registry-a.pid").write_text(str(fake_service.pid))
+    assert service_pid(repo, "registry") == fake_service.pid
+    assert service_pid(repo, "ingest") is None
+    assert alive(fake_service.pid) and alive(fake_service.pid, "registry")
+
+
+def test_a_stale_pid_of_another_process_is_not_a_service(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    other = subprocess.Popen(["sleep", "60"])  # e.g. a database backend reusing the pid
+    try:
+        (run_dir(repo) / "registry.pid").write_text(str(other.pid))
+        assert service_pid(repo, "registry") is None and not alive(other.pid)
+    finally:
+        other.kill()
+        other.wait()
+    (run_dir(repo) / "registry.pid").write_text("not a pid")
+    assert service_pid(repo, "registry") is None
