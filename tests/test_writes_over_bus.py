@@ -15,11 +15,14 @@ from pathlib import Path
 import pytest
 
 from services.bus.topics import REGISTRY_EVENTS
-from services.butler import Butler
+from services.butler import Butler, FileToIngest
+from services.core.errors import NoAnswerError
 from services.core.runfiles import service_pid
 from services.core.timespan import Timespan
 from services.instruments.simcam import SimCam
+from services.registry.datasets import DatasetType
 from services.registry.dump import canonical_dump
+from services.writes import BusWrites
 from tests.conftest import REPO_ROOT
 from tests.test_services_kafka import Services, kafka_bootstrap
 
@@ -117,3 +120,42 @@ def test_cli_writes_go_through_the_registry_service(tmp_path: Path) -> None:
     assert replay.returncode == 0, replay.stderr
     with Butler.open(fresh) as butler:
         assert canonical_dump(butler.registry, history=True) == live
+
+
+def test_an_unanswered_write_keeps_its_files(tmp_path: Path) -> None:
+    """Sent, but no registry service answers in time: the command may still be applied
+    later, so the files it points at must stay (a refusal, in contrast, removes them)."""
+    kafka_bootstrap()
+    repo = tmp_path / "repo"
+    with Butler.create(repo) as butler:
+        SimCam.register(butler.registry)
+        butler.register_dataset_type(DatasetType("bias", ("instrument", "detector"), "Image", True))
+    services = Services(repo, tmp_path, tmp_path)  # topics of a fresh namespace, no service
+    try:
+        with Butler.open(repo) as butler:
+            butler._writes = BusWrites("pytest", timeout_s=3)  # as if a service served it
+            ref = butler.registry.make_ref("bias", {"instrument": "SimCam", "detector": 94}, "r")
+            source = REPO_ROOT / "examples" / "bias-R22_S11.fits"
+            env = {"OBSBUS_KAFKA_BOOTSTRAP": services.env["OBSBUS_KAFKA_BOOTSTRAP"]}
+            env["OBSBUS_KAFKA_NAMESPACE"] = services.env["OBSBUS_KAFKA_NAMESPACE"]
+            with pytest.MonkeyPatch.context() as patch:
+                for name, value in env.items():
+                    patch.setenv(name, value)
+                with pytest.raises(NoAnswerError, match="may still be carried out"):
+                    butler.ingest([FileToIngest(source, ref)])
+            kept = [p for p in butler.datastore.root.rglob("*.fits")]
+            assert len(kept) == 1 and kept[0].read_bytes() == source.read_bytes()
+            # The command is on the topic: a registry service started now applies it.
+        services.start("registry")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            with Butler.open(repo) as butler:
+                known = {c.name for c in butler.registry.query_collections()}
+                if "r" in known and butler.registry.query_datasets("bias", ["r"]):
+                    assert butler.datastore.local_path(butler.stored_file(ref)) == kept[0]
+                    break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"the sent command was never applied\n{services.logs()}")
+    finally:
+        services.stop()
