@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +18,14 @@ def fake_service(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A process whose command line is `obsbus serve registry REPO`, as a service's is."""
     script = tmp_path / "bin" / "obsbus"
     script.parent.mkdir()
-    script.write_text("#!/bin/sh\nsleep 60\n")
+    # `sleep &` + `wait`: a shell would run a last plain command in its own process (exec),
+    # and the process would stop looking like a service.
+    script.write_text("#!/bin/sh\nsleep 60 &\nwait\n")
     script.chmod(0o755)
-    proc = subprocess.Popen([str(script), "serve", "registry", str(tmp_path / "repo")])
+    argv = [str(script), "serve", "registry", str(tmp_path / "repo")]
+    proc = subprocess.Popen(argv, start_new_session=True)
     yield proc
-    proc.kill()
+    os.killpg(proc.pid, signal.SIGKILL)  # the shell and its sleep
     proc.wait()
 
 
