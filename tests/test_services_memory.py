@@ -310,3 +310,34 @@ def test_a_command_sent_again_is_answered_again_not_applied_again(
     left = Timespan.from_times("2024-11-01", None).difference(window)
     expected = [piece for ts in left for piece in ts.difference(later)]
     assert sorted(str(ts) for _, ts in ranges) == sorted(str(ts) for ts in expected)
+
+
+def test_replay_skips_what_the_live_service_dead_lettered(repo: Butler, tmp_path: Path) -> None:
+    from services.bus.messages import registry_command
+    from services.bus.replay import replay
+    from services.bus.topics import DEAD_LETTERS
+    from services.registry.changes import ChainChange, ChangeSet
+
+    bus = memory_bus()
+    for name in ("a", "b"):
+        change = ChangeSet(what=name, chains=(ChainChange(f"chain-{name}", ()),))
+        command = registry_command(change, "pytest")
+        bus.send(REGISTRY_COMMANDS.name, b"k", codec.encode(REGISTRY_COMMANDS.record, command))
+    reader = bus.consumer("pytest-reader", [REGISTRY_COMMANDS.name])
+    (_, poisoned) = reader.poll(0.1, 10)  # say the live service dead-lettered the second
+    letter = {
+        "topic": REGISTRY_COMMANDS.name,
+        "partition": poisoned.partition,
+        "offset": poisoned.offset,
+        "key": poisoned.key,
+        "value": poisoned.value,
+        "error": "RuntimeError: poison",
+        "error_code": "unexpected",
+        "service": "registry",
+        "failed_at_ns": 0,
+    }
+    bus.send(DEAD_LETTERS.name, b"k", codec.encode(DEAD_LETTERS.record, letter))
+    counts = replay(bus, repo.registry)
+    assert (counts.applied, counts.skipped, counts.refused) == (1, 1, 0)
+    names = {c.name for c in repo.registry.query_collections()}
+    assert "chain-a" in names and "chain-b" not in names

@@ -1,6 +1,7 @@
 """Rebuilding a registry from the registry-command topic.
 
-Within a partition, commands are applied in their order there, as the live service did; every
+Commands the live service dead-lettered are skipped (they never took effect). Within a
+partition, commands are applied in their order there, as the live service did; every
 command but raw ingest shares one key (``topics.WRITES_KEY``), so certifications, chains and
 change sets replay in the order they were sent. Across partitions (raw ingest is keyed by
 exposure) the command issued first goes first: a command that depended on another (e.g. a
@@ -20,7 +21,7 @@ from ..registry.registry import Registry
 from ..registry.service import RegistryHandler
 from . import codec
 from .runner import Incoming
-from .topics import REGISTRY_COMMANDS
+from .topics import DEAD_LETTERS, REGISTRY_COMMANDS
 from .transport import Bus
 
 BATCH = 500
@@ -31,7 +32,7 @@ STALL_S = 60.0  # no message at all for this long before the end: give up
 class ReplayCounts:
     applied: int = 0
     refused: int = 0  # refused again, as they may have been live (see `obsbus events`)
-    skipped: int = 0  # undecodable: dead-lettered when they were live
+    skipped: int = 0  # dead-lettered when they were live (or undecodable): not applied
 
 
 def replay(bus: Bus, registry: Registry) -> ReplayCounts:
@@ -58,6 +59,7 @@ def _apply(handler: RegistryHandler, batch: list[Incoming], counts: ReplayCounts
 def _in_issue_order(bus: Bus, group: str, counts: ReplayCounts) -> Iterator[Incoming]:
     """A k-way merge of the partitions: each is in issue order already, so the next command
     is the earliest head, once every partition not yet read to its end has one."""
+    dead = _dead_lettered(bus, group)
     ends = {p: end for p, end in bus.end_offsets(REGISTRY_COMMANDS.name).items() if end > 0}
     heads: dict[int, deque[tuple[int, Incoming]]] = {p: deque() for p in ends}
     finished: set[int] = set()
@@ -79,6 +81,9 @@ def _in_issue_order(bus: Bus, group: str, counts: ReplayCounts) -> Iterator[Inco
                         finished.add(d.partition)
                     if d.offset >= ends.get(d.partition, 0):
                         continue  # arrived after the replay started: not part of it
+                    if (d.partition, d.offset) in dead:
+                        counts.skipped += 1  # the live service never applied it
+                        continue
                     try:
                         message = codec.decode(d.value)
                     except ObsbusError:
@@ -95,3 +100,33 @@ def _in_issue_order(bus: Bus, group: str, counts: ReplayCounts) -> Iterator[Inco
             yield heads[first].popleft()[1]
     finally:
         consumer.close()
+
+
+def _dead_lettered(bus: Bus, group: str) -> set[tuple[int, int]]:
+    """(partition, offset) of the registry commands the live service dead-lettered (a poison
+    command, or one of a type it could not read): a replay must not apply them either."""
+    ends = {p: end for p, end in bus.end_offsets(DEAD_LETTERS.name).items() if end > 0}
+    dead: set[tuple[int, int]] = set()
+    if not ends:
+        return dead
+    reached: dict[int, int] = {}
+    consumer = bus.consumer(f"{group}-dead-letters", [DEAD_LETTERS.name])
+    quiet_since = time.monotonic()
+    try:
+        while any(reached.get(p, 0) < end for p, end in ends.items()):
+            deliveries = consumer.poll(1.0, BATCH)
+            if deliveries:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > STALL_S:
+                raise BusError(f"replay stalled reading {DEAD_LETTERS.name}; is the broker up?")
+            for d in deliveries:
+                reached[d.partition] = d.offset + 1
+                try:
+                    letter = codec.decode(d.value).value
+                except ObsbusError:
+                    continue
+                if letter["topic"] == REGISTRY_COMMANDS.name:
+                    dead.add((int(letter["partition"]), int(letter["offset"])))
+    finally:
+        consumer.close()
+    return dead

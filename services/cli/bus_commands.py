@@ -245,7 +245,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     finally:
         bus.close()
     notes = [f"{counts.refused} refused" if counts.refused else ""]
-    notes.append(f"{counts.skipped} undecodable skipped" if counts.skipped else "")
+    notes.append(f"{counts.skipped} dead-lettered live, skipped" if counts.skipped else "")
     shown = "; ".join(n for n in notes if n)
     print(
         f"replayed {counts.applied} command(s) into {args.repo}" + (f" ({shown})" if shown else "")
