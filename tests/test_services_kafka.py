@@ -106,6 +106,17 @@ class Services:
             consumer.close()
         return out
 
+    def replay(self, into: Path) -> None:
+        """`obsbus replay` of this namespace's command topic into the repository ``into``."""
+        result = subprocess.run(
+            [sys.executable, "-m", "services.cli.main", "replay", str(into)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace")[-3000:] for p in self.tmp.glob("*.log"))
 
@@ -194,14 +205,7 @@ def test_kill_9_mid_exposure_then_restart_registers_every_file_once(
     with Butler.create(fresh) as butler:
         for name in ("SimCam", "HSC", "DECam"):
             load_instrument(name).register(butler.registry)
-    replay = subprocess.run(
-        [sys.executable, "-m", "services.cli.main", "replay", str(fresh)],
-        env=services.env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert replay.returncode == 0, replay.stderr
+    services.replay(fresh)
     with Butler.open(fresh) as butler:
         assert canonical_dump(butler.registry, history=True) == live
 

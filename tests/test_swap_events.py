@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,14 +113,7 @@ def test_a_swap_is_published_once_with_its_slot_serials_and_time(
 
     # A replay rebuilds a registry from the command topic and publishes nothing.
     with fresh_repository(tmp_path / "fresh", db_settings) as fresh:
-        replay = subprocess.run(
-            [sys.executable, "-m", "services.cli.main", "replay", str(fresh)],
-            env=services.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert replay.returncode == 0, replay.stderr
+        services.replay(fresh)
         with Butler.open(fresh) as butler:
             installed = butler.registry.query_dimension_records("detector_installation")
         assert NEW_SERIAL in {r["physical_detector"] for r in installed}
