@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from astro_metadata_translator import ObservationInfo
+import pytest
+from astro_metadata_translator import MetadataTranslator, ObservationInfo
 
 from services.ingest.fitsfile import read_hdus
 from services.ingest.headers import (
@@ -100,3 +102,28 @@ def test_decam_ccds_of_one_file(tmp_path: Path) -> None:
     assert [(d.detector, d.locator) for d in prepared.datasets] == [(25, "hdu=1"), (26, "hdu=2")]
     reference = hdrs.translate_dump("fitsheader-decam.yaml")
     assert prepared.exposure["id"] == reference.exposure_id
+
+
+def test_the_translator_is_chosen_once_per_kind_of_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure_offline_translation()
+    asked: list[str] = []
+    determine = MetadataTranslator.determine_translator.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[MetadataTranslator], header: Any, filename: Any = None) -> Any:
+        chosen = determine(cls, header, filename=filename)
+        asked.append(chosen.name)
+        return chosen
+
+    monkeypatch.setattr(MetadataTranslator, "determine_translator", classmethod(counting))
+    simcam = write_exposure(tmp_path / "a", 7, "2024-11-25T02:00:00", detectors=[0, 1, 2])
+    hsc = hdrs.write_single(HSC, tmp_path / "hsc.fits")
+    decam = hdrs.write_mef("fitsheader-decam.yaml", tmp_path / "decam.fits", [{"CCDNUM": 25}])
+    translator = HeaderTranslator()
+    names = [
+        prepare(path, translator).instrument.name
+        for path in [simcam[0], hsc, simcam[1], decam, simcam[2], hsc]
+    ]
+    assert names == ["SimCam", "HSC", "SimCam", "DECam", "SimCam", "HSC"]
+    assert sorted(asked) == ["DECam", "HSC", "SimCam"]  # each kind asked once

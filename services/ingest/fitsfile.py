@@ -1,9 +1,10 @@
 """The structure of a FITS file: its HDUs' headers and where their data lie, nothing else.
 
 Ingest needs every header and the certainty that the file is complete, not the pixels.
-Reading the 2880-byte header blocks directly and computing each HDU's data size from its
-header (the FITS standard's formula) is several times cheaper than ``astropy.io.fits.open``,
-which builds HDU objects and, for the size check, re-serialises every header.
+Reading the 2880-byte header blocks directly, parsing their cards into plain mappings
+(``cards.py``) and computing each HDU's data size from its header (the FITS standard's
+formula) is several times cheaper than ``astropy.io.fits.open``, which builds HDU objects
+and, for the size check, re-serialises every header.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from astropy.io import fits
-
 from ..core.errors import NotFitsError, TruncatedFileError
+from .cards import FitsHeader, parse_cards
 
 BLOCK = 2880
 CARD = 80
@@ -31,7 +31,7 @@ class Hdu:
     """One header-data unit: its parsed header and the byte range of its data."""
 
     index: int
-    header: fits.Header
+    header: FitsHeader
     data_offset: int
     data_size: int  # without the padding to a whole block
     # Each keyword's card as written (80 characters; the first card of a repeated keyword).
@@ -67,7 +67,7 @@ def _read_all(path: Path, f: BinaryIO, size: int) -> list[Hdu]:
         if hdus and not _starts_extension(f, offset):
             break  # trailing bytes that are not an extension are ignored, as astropy does
         text, data_offset = _read_header(path, f, offset, size, len(hdus))
-        header = _parse(path, text, len(hdus))
+        header, images = _parse(path, text, len(hdus))
         data_size = _data_size(path, header, len(hdus))
         # The standard pads data to whole blocks: a file cut inside the padding is incomplete
         # too (and may still be being written).
@@ -76,7 +76,7 @@ def _read_all(path: Path, f: BinaryIO, size: int) -> list[Hdu]:
             raise TruncatedFileError(
                 f"{path}: truncated: HDU {len(hdus)} needs {needed} bytes, the file has {size}"
             )
-        hdus.append(Hdu(len(hdus), header, data_offset, data_size, _images(text)))
+        hdus.append(Hdu(len(hdus), header, data_offset, data_size, images))
         offset = data_offset + _padded(data_size)
     return hdus
 
@@ -108,24 +108,13 @@ def _read_header(path: Path, f: BinaryIO, offset: int, size: int, index: int) ->
     return text, offset + len(blocks)
 
 
-def _parse(path: Path, text: str, index: int) -> fits.Header:
+def _parse(path: Path, text: str, index: int) -> tuple[FitsHeader, dict[str, str]]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # non-standard cards are the translator's business
-            return fits.Header.fromstring(text)
+            return parse_cards(text)
     except ValueError as err:
         raise TruncatedFileError(f"{path}: damaged FITS header in HDU {index} ({err})") from None
-
-
-def _images(text: str) -> dict[str, str]:
-    images: dict[str, str] = {}
-    for start in range(0, len(text), CARD):
-        card = text[start : start + CARD]
-        keyword = card[:8].rstrip()
-        if keyword == "HIERARCH":  # the keyword runs up to the "="
-            keyword = card[9 : card.find("=")].strip() if "=" in card else card
-        images.setdefault(keyword, card)
-    return images
 
 
 def _end_card(block: bytes) -> int | None:
@@ -135,7 +124,7 @@ def _end_card(block: bytes) -> int | None:
     return None
 
 
-def _data_size(path: Path, header: fits.Header, index: int) -> int:
+def _data_size(path: Path, header: FitsHeader, index: int) -> int:
     """Bytes of data after a header: |BITPIX|/8 × GCOUNT × (PCOUNT + NAXIS1 × ... × NAXISn)."""
     try:
         naxis = int(header.get("NAXIS", 0))

@@ -17,17 +17,17 @@ import contextlib
 import functools
 import logging
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from astro_metadata_translator import MetadataTranslator, ObservationInfo, fix_header
-from astropy.io import fits
 from astropy.utils import iers
 
 from ..core.errors import IncompleteHeaderError, NoTranslatorError
 from ..instruments import Instrument, available, load_instrument
+from .cards import FitsHeader
 from .fitsfile import Hdu
 from .observation import ExposureRecords, exposure_records
 
@@ -81,36 +81,62 @@ def configure_offline_translation() -> None:
 
 
 @dataclass(frozen=True)
+class CardSignature:
+    """Some header cards and what one header said for them (absent ones included).
+
+    A translator's answer depends only on the cards it read, so another header saying the
+    same for those cards gets the same answer.
+    """
+
+    cards: tuple[str, ...]
+    values: tuple[Any, ...]
+    # The cards as written, when the header was a file's own: comparing text is much cheaper
+    # than comparing parsed values.
+    images: tuple[str | None, ...] | None
+
+    @classmethod
+    def of(
+        cls, cards: Iterable[str], header: Mapping[str, Any], images: Mapping[str, str] | None
+    ) -> CardSignature:
+        cards = tuple(sorted(cards))
+        return cls(
+            cards,
+            tuple(header.get(c, _ABSENT) for c in cards),
+            None if images is None else tuple(images.get(c.upper()) for c in cards),
+        )
+
+    def matches(self, header: Mapping[str, Any], images: Mapping[str, str] | None) -> bool:
+        if (
+            images is not None
+            and self.images is not None
+            and all(
+                images.get(c.upper()) == i for c, i in zip(self.cards, self.images, strict=True)
+            )
+        ):
+            return True
+        # A card written differently may still say the same: compare values.
+        return all(
+            header.get(card, _ABSENT) == value
+            for card, value in zip(self.cards, self.values, strict=True)
+        )
+
+
+@dataclass(frozen=True)
 class ExposureTranslation:
     """The exposure-level properties of a header, and the header cards they came from."""
 
     translator: type[MetadataTranslator]
     info: ObservationInfo
-    cards: tuple[str, ...]
-    values: tuple[Any, ...]
-    # Those cards as written, when the header was a file's own and every card was there.
-    images: tuple[str, ...] | None
+    signature: CardSignature
 
     def matches(
         self,
         translator: type[MetadataTranslator],
-        header: fits.Header,
+        header: Mapping[str, Any],
         images: Mapping[str, str] | None,
     ) -> bool:
         """Whether ``header`` gives the same values for every card this translation read."""
-        if translator is not self.translator:
-            return False
-        # Same text, same value; a card written differently is compared the slow way.
-        if (
-            images is not None
-            and self.images is not None
-            and all(images.get(c) == i for c, i in zip(self.cards, self.images, strict=True))
-        ):
-            return True
-        return all(
-            header.get(card, _ABSENT) == value
-            for card, value in zip(self.cards, self.values, strict=True)
-        )
+        return translator is self.translator and self.signature.matches(header, images)
 
     @functools.cached_property
     def records(self) -> ExposureRecords:
@@ -131,17 +157,48 @@ class TranslatedHeader:
     detector_serial: str | None
 
 
-def choose_translator(path: Path, primary: fits.Header) -> type[MetadataTranslator]:
+def _choose(
+    path: Path, primary: Mapping[str, Any]
+) -> tuple[type[MetadataTranslator], frozenset[str] | None]:
+    """The translator, and the cards the translators' ``can_translate`` read to choose it
+    (None when one looked at the whole header)."""
+    reading = _ReadCards(primary)
     try:
         translator: type[MetadataTranslator] = MetadataTranslator.determine_translator(
-            primary, filename=str(path)
+            reading, filename=str(path)
         )
     except ValueError:
         raise NoTranslatorError(
             f"{path}: no header translator recognises this file (instrument "
             f"{primary.get('INSTRUME', 'unknown')!r})"
         ) from None
-    return translator
+    return translator, None if reading.whole else frozenset(reading.read)
+
+
+class _ReadCards(Mapping[str, Any]):
+    """A header that notes which cards are read."""
+
+    def __init__(self, header: Mapping[str, Any]) -> None:
+        self._header = header
+        self.read: set[str] = set()
+        self.whole = False
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return self._header[key]
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str):
+            self.read.add(key)
+        return key in self._header
+
+    def __iter__(self) -> Iterator[str]:
+        self.whole = True
+        return iter(self._header)
+
+    def __len__(self) -> int:
+        self.whole = True
+        return len(self._header)
 
 
 class HeaderTranslator:
@@ -152,7 +209,19 @@ class HeaderTranslator:
 
     def __init__(self, recent: int = 8) -> None:
         self._recent: deque[ExposureTranslation] = deque(maxlen=recent)
+        self._choices: deque[tuple[CardSignature, type[MetadataTranslator]]] = deque(maxlen=4)
         self.full_translations = 0  # headers translated in full (about one per exposure)
+
+    def choose(self, path: Path, primary: Hdu) -> type[MetadataTranslator]:
+        """The translator for a file's primary header; asked once per kind of header."""
+        for signature, translator in self._choices:
+            if signature.matches(primary.header, primary.images):
+                return translator
+        translator, cards = _choose(path, primary.header)
+        if cards is not None:
+            signature = CardSignature.of(cards, primary.header, primary.images)
+            self._choices.appendleft((signature, translator))
+        return translator
 
     def translate(
         self,
@@ -175,7 +244,7 @@ class HeaderTranslator:
     def _exposure(
         self,
         path: Path,
-        header: fits.Header,
+        header: FitsHeader,
         images: Mapping[str, str] | None,
         translator: type[MetadataTranslator],
     ) -> ExposureTranslation:
@@ -190,7 +259,7 @@ class HeaderTranslator:
 
 def _translate_exposure(
     path: Path,
-    header: fits.Header,
+    header: FitsHeader,
     images: Mapping[str, str] | None,
     translator: type[MetadataTranslator],
 ) -> ExposureTranslation:
@@ -214,17 +283,13 @@ def _translate_exposure(
     for prop in EXPOSURE_PROPERTIES:
         with contextlib.suppress(Exception):  # ObservationInfo has already judged the values
             getattr(reader, f"to_{prop}")()
-    cards = tuple(sorted(reader.cards_used()))
-    written = None
-    if images is not None and all(c in images for c in cards):
-        written = tuple(images[c] for c in cards)
     return ExposureTranslation(
-        translator, info, cards, tuple(header.get(c, _ABSENT) for c in cards), written
+        translator, info, CardSignature.of(reader.cards_used(), header, images)
     )
 
 
 def _detector_properties(
-    path: Path, header: fits.Header, translator: type[MetadataTranslator]
+    path: Path, header: Mapping[str, Any], translator: type[MetadataTranslator]
 ) -> tuple[int, str | None]:
     reader = translator(header, filename=str(path))
     try:

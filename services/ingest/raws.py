@@ -31,7 +31,7 @@ from ..registry.datasets import DatasetRef, IdGenerationMode
 from ..registry.registry import Registry
 from ..writes import require_no_registry_service
 from .fitsfile import read_hdus
-from .headers import HeaderTranslator, choose_translator
+from .headers import HeaderTranslator
 from .observation import Record
 
 log = structlog.get_logger(__name__)
@@ -103,12 +103,11 @@ def prepare(path: Path, translator: HeaderTranslator | None = None) -> PreparedF
 
     Pass the same ``translator`` for a session's files: it translates each exposure once.
     """
+    translator = translator or HeaderTranslator()
     hdus = read_hdus(path)
-    header_translator = choose_translator(path, hdus[0].header)
+    header_translator = translator.choose(path, hdus[0])
     instrument = _instrument_for(path, str(header_translator.name))
-    translated = (translator or HeaderTranslator()).translate(
-        path, hdus, instrument, header_translator
-    )
+    translated = translator.translate(path, hdus, instrument, header_translator)
     records = translated[0].exposure.records
     exposure = records.exposure
     if exposure["physical_filter"] not in instrument.physical_filters():

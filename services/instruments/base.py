@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from astropy.io import fits
-
 from ..core.errors import InstrumentError, RecordConflictError
 from ..core.timespan import BEGIN_UNBOUNDED
 from ..datastore.formatters import FitsImageFormatter, Formatter
+from ..ingest.cards import FitsHeader
 from ..ingest.fitsfile import Hdu
 from ..registry.datasets import DatasetType
 from ..registry.registry import Registry
@@ -84,7 +83,7 @@ class Instrument:
         return FitsImageFormatter
 
     @classmethod
-    def raw_headers(cls, path: Path, hdus: Sequence[Hdu]) -> list[tuple[str | None, fits.Header]]:
+    def raw_headers(cls, path: Path, hdus: Sequence[Hdu]) -> list[tuple[str | None, FitsHeader]]:
         """The headers to translate in a raw file (read for this call only), with locators.
 
         Default: one detector per file; the primary header, merged with the first image
@@ -92,8 +91,7 @@ class Instrument:
         """
         primary = hdus[0].header
         if primary.get("NAXIS", 0) == 0 and len(hdus) > 1:
-            primary = primary.copy()
-            primary.extend(hdus[1].header, strip=True, unique=True, update=True)
+            primary = primary.merged(hdus[1].header)
         return [(None, primary)]
 
     @classmethod

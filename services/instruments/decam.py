@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from astro_metadata_translator import DecamTranslator
-from astropy.io import fits
 
 from ..core.errors import UnknownDetectorError
 from ..datastore.formatters import FitsImageFormatter, Formatter
+from ..ingest.cards import FitsHeader
 from ..ingest.fitsfile import Hdu
 from .base import DetectorDef, FilterDef, Instrument, Purpose
 
@@ -95,7 +95,7 @@ class DecamRawFormatter(FitsImageFormatter):
     """One CCD of a multi-extension DECam raw: the HDU its locator ("hdu=N") names."""
 
 
-def _ccdnum(header: fits.Header) -> int | None:
+def _ccdnum(header: Mapping[str, Any]) -> int | None:
     try:
         return int(header["CCDNUM"])
     except (KeyError, TypeError, ValueError):
@@ -120,17 +120,15 @@ class DarkEnergyCamera(Instrument):
         return DecamRawFormatter
 
     @classmethod
-    def raw_headers(cls, path: Path, hdus: Sequence[Hdu]) -> list[tuple[str | None, fits.Header]]:
+    def raw_headers(cls, path: Path, hdus: Sequence[Hdu]) -> list[tuple[str | None, FitsHeader]]:
         """One header per image HDU holding a known CCD: the primary merged with the HDU's
         own cards (DECam extensions say INHERIT = T), located by "hdu=N"."""
-        out: list[tuple[str | None, fits.Header]] = []
+        out: list[tuple[str | None, FitsHeader]] = []
         for hdu in hdus:
             ccd = _ccdnum(hdu.header)
             if not hdu.holds_image or ccd is None or not cls.has_detector(ccd):
                 continue
-            merged = hdus[0].header.copy()
-            if hdu.index != 0:
-                merged.extend(hdu.header, strip=True, unique=True, update=True)
+            merged = hdus[0].header if hdu.index == 0 else hdus[0].header.merged(hdu.header)
             out.append((f"hdu={hdu.index}", merged))
         if not out:
             raise UnknownDetectorError(f"{path}: no image HDU holds a known DECam CCD (CCDNUM)")

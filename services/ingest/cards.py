@@ -1,0 +1,166 @@
+"""FITS header cards parsed into a plain mapping: what translators read, at dict speed.
+
+astropy's ``fits.Header`` parses a card's value on first access and reads its configuration
+on every access (~20-50 µs a card); a raw file's translation reads dozens of cards, which
+made header access the largest cost of ingesting a file. Translators only need a mapping of
+keyword to value (astro_metadata_translator's own test headers are dicts), so the cards are
+parsed here in one pass: the common value forms (strings, with CONTINUE, logicals, integers,
+reals) directly, anything else by astropy's card parser, so no card is read differently
+from astropy. tests/test_fitsfile.py compares the result with astropy's on real headers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from astropy.io import fits
+
+CARD = 80
+# Keywords whose cards carry text, not a value (astropy's "commentary" keywords).
+COMMENTARY = frozenset({"COMMENT", "HISTORY", ""})
+# Cards that describe one HDU's data layout: not carried over when headers are merged (what
+# astropy's ``Header.extend(strip=True)`` drops).
+_STRUCTURAL = re.compile(
+    r"^(SIMPLE|XTENSION|BITPIX|NAXIS\d*|EXTEND|PCOUNT|GCOUNT|GROUPS|THEAP|TFIELDS|"
+    r"T(TYPE|FORM|UNIT|SCAL|ZERO|NULL|DISP|DIM|BCOL)\d+|CHECKSUM|DATASUM)$"
+)
+_INT = re.compile(r"[+-]?\d+")
+_REAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([EeDd][+-]?\d+)?")
+
+
+class FitsHeader(dict[str, Any]):
+    """Keyword -> value, the first card of a repeated keyword.
+
+    Keywords are stored in upper case (the standard's; a non-standard lower-case keyword too)
+    and looked up in any case, ``HIERARCH`` ones with or without that prefix, as in astropy.
+    """
+
+    def __missing__(self, key: str) -> Any:
+        normal = _normal(key)
+        if normal != key and dict.__contains__(self, normal):
+            return dict.__getitem__(self, normal)
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or (
+            isinstance(key, str) and dict.__contains__(self, _normal(key))
+        )
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def copy(self) -> FitsHeader:
+        return FitsHeader(self)
+
+    def merged(self, other: Mapping[str, Any]) -> FitsHeader:
+        """This header updated by ``other``'s cards, except ``other``'s data-layout cards
+        (a primary header merged with an extension's, as for INHERIT = T)."""
+        out = FitsHeader(self)
+        out.update((k, v) for k, v in other.items() if not _STRUCTURAL.match(k))
+        return out
+
+
+def _normal(key: str) -> str:
+    key = key.upper()
+    return key[9:].strip() if key.startswith("HIERARCH ") else key
+
+
+def parse_cards(text: str) -> tuple[FitsHeader, dict[str, str]]:
+    """The header's values and each keyword's card as written (first of repeated keywords).
+
+    ``text`` holds whole 80-character cards up to (without) END; raises ValueError on a card
+    astropy cannot read either.
+    """
+    values = FitsHeader()
+    images: dict[str, str] = {}
+    cards = [text[i : i + CARD] for i in range(0, len(text), CARD)]
+    i = 0
+    while i < len(cards):
+        card = cards[i]
+        i += 1
+        keyword = card[:8].rstrip().upper()
+        if keyword == "HIERARCH":
+            equals = card.find("=")
+            if equals < 0:
+                continue  # astropy reads it as a commentary card: no value
+            keyword = card[9:equals].strip().upper()
+            value: Any = _value(card, card[equals + 1 :])
+        elif keyword in COMMENTARY or keyword == "CONTINUE" or card[8:10] != "= ":
+            continue  # text, not values (a stray CONTINUE is too)
+        else:
+            value = _value(card, card[10:])
+            if isinstance(value, _LongString):
+                value, i = _continued(value.text, cards, i)
+        images.setdefault(keyword, card)
+        values.setdefault(keyword, value)
+    return values, images
+
+
+class _LongString:
+    """A string value ending in "&": the next CONTINUE cards carry the rest."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _value(card: str, field: str) -> Any:
+    stripped = field.lstrip()
+    if stripped.startswith("'"):
+        text = _string(stripped)
+        if text is None:
+            return _by_astropy(card)
+        return _LongString(text[:-1]) if text.endswith("&") else text.rstrip()
+    token = stripped.split("/", 1)[0].strip()
+    if not token:
+        return None  # no value ("undefined")
+    if token == "T":
+        return True
+    if token == "F":
+        return False
+    if _INT.fullmatch(token):
+        return int(token)
+    if _REAL.fullmatch(token):
+        return float(token.replace("D", "E").replace("d", "e"))
+    return _by_astropy(card)  # complex and anything unusual: astropy decides
+
+
+def _string(field: str) -> str | None:
+    """The text of a quoted value (``''`` is a quote), or None when it is not well formed."""
+    out = []
+    pos = 1
+    while True:
+        end = field.find("'", pos)
+        if end < 0:
+            return None
+        out.append(field[pos:end])
+        if field[end + 1 : end + 2] == "'":
+            out.append("'")
+            pos = end + 2
+            continue
+        rest = field[end + 1 :].strip()
+        return "".join(out) if not rest or rest.startswith("/") else None
+
+
+def _continued(text: str, cards: list[str], i: int) -> tuple[str, int]:
+    """A long string: ``text`` (its "&" removed) joined with the CONTINUE cards that follow."""
+    if i >= len(cards) or cards[i][:8] != "CONTINUE":
+        return (text + "&").rstrip(), i  # a plain value that happens to end in "&"
+    while i < len(cards) and cards[i][:8] == "CONTINUE":
+        part = _string(cards[i][8:].lstrip())
+        if part is None:
+            break
+        i += 1
+        if not part.endswith("&"):
+            return text + part.rstrip(), i
+        text += part[:-1]
+    return text.rstrip(), i
+
+
+def _by_astropy(card: str) -> Any:
+    value = fits.Card.fromstring(card).value
+    return None if isinstance(value, fits.card.Undefined) else value  # as fits.Header says
