@@ -95,6 +95,20 @@ def test_seek_replays_from_an_offset(bus: Bus) -> None:
     assert [d.value for d in again] == [b"m3", b"m4"]
 
 
+def test_lag_counts_what_is_not_consumed_yet(bus: Bus) -> None:
+    send(bus, 10, key=b"k")  # one partition
+    consumer = bus.consumer(f"g{uuid.uuid4().hex}", [TOPIC])
+    got: list[Delivery] = []
+    deadline = time.monotonic() + 30
+    while not got and time.monotonic() < deadline:
+        got = consumer.poll(0.5, 4)
+    assert 0 < len(got) <= 4
+    assert consumer.lag() == 10 - len(got)
+    poll_all(consumer, 10 - len(got))
+    assert consumer.lag() == 0
+    consumer.close()
+
+
 def test_the_loop_dead_letters_poison_and_keeps_the_rest(bus: Bus) -> None:
     group = f"g{uuid.uuid4().hex}"
 

@@ -305,7 +305,12 @@ class KafkaTopicConsumer:
         assigned = list(self._consumer.assignment())
         if not assigned:
             return 0
-        ends = self._consumer.end_offsets(assigned)
+        # The high watermark of the last fetch costs nothing; ask the broker only for
+        # partitions not fetched yet (a request each time would load it on every idle poll).
+        ends = {tp: self._consumer.highwater(tp) for tp in assigned}
+        unknown = [tp for tp, end in ends.items() if end is None]
+        if unknown:
+            ends.update(self._consumer.end_offsets(unknown))
         return sum(max(0, ends[tp] - self._consumer.position(tp)) for tp in assigned)
 
     def close(self) -> None:
