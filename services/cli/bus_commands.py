@@ -33,6 +33,14 @@ def add_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--watch", type=Path, nargs="+", default=[], metavar="DIR", help="landing folders (watcher)"
     )
+    p.add_argument(
+        "--watch-mode",
+        default="auto",
+        choices=["auto", "inotify", "scan"],
+        help="how the watcher learns of files: inotify events, or scan (re-read the folders; "
+        "for shared filesystems written by other hosts). auto: inotify unless unavailable or "
+        "a folder is on NFS/GPFS/... (watcher)",
+    )
     # No "move": a redelivered arrival must still find its file in the landing folder.
     p.add_argument(
         "--transfer",
@@ -147,7 +155,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     (run_dir / f"{name}.pid").write_text(str(os.getpid()))
     bus = kafka_bus(f"obsbus-{name}")
     try:
-        up_mod.service(args.service, name, args.repo, bus, args.watch, args.transfer).run(stop)
+        up_mod.service(
+            args.service, name, args.repo, bus, args.watch, args.transfer, args.watch_mode
+        ).run(stop)
     finally:
         bus.close()
         (run_dir / f"{name}.pid").unlink(missing_ok=True)

@@ -47,7 +47,13 @@ class _Runnable:
 
 
 def service(
-    kind: str, name: str, repo: Path, bus: Bus, watch: list[Path], transfer: str
+    kind: str,
+    name: str,
+    repo: Path,
+    bus: Bus,
+    watch: list[Path],
+    transfer: str,
+    watch_mode: str = "auto",
 ) -> _Runnable:
     """Build one of the four services (the handlers are plain functions; see their modules)."""
     status = run_dir(repo) / f"{name}.json"
@@ -56,7 +62,7 @@ def service(
 
         if not watch:
             raise ConfigError("the watcher needs --watch DIR")
-        return _Runnable(Watcher(bus, watch, name, status_file=status))
+        return _Runnable(Watcher(bus, watch, name, status_file=status, mode=watch_mode))
     butler = Butler.open(repo, actor=f"obsbus {kind} service ({name})")
     if kind == "ingest":
         from ..ingest.service import IngestHandler

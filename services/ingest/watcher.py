@@ -1,12 +1,17 @@
 """The raw-arrival watcher: publishes one RawArrival per complete file in the landing folders.
 
-A file is complete when its size and mtime have not changed for ``settle_s`` (cameras and
-transfer tools write in place) — or at once when it appeared by rename, the usual
-close-then-rename convention, which the stability check covers as a special case. Half-written
-files (``*.part``, dot-files) are never published.
+In ``inotify`` mode (the default on Linux, local filesystems) the kernel reports a file closed
+after writing (cameras write in place) or renamed into place (close-then-rename), and it is
+published at once; a file still open for writing never is. Every directory below the landing
+folders is watched; a new one is watched, then read once (files may have landed in it first).
+Files found by reading a directory rather than by an event (at start, in a new directory,
+after lost events) are published once stable, as in ``scan`` mode: that reads the whole tree
+every interval, and a file is complete when its size and mtime have not changed for
+``settle_s`` (for shared filesystems written by other hosts, whose writes inotify never sees).
 
-What was published is the arrivals topic itself: on start the watcher reads back its own
-arrivals, so a restart neither loses nor repeats a file, with no local state to corrupt.
+``*.part`` and dot-files are never published; a FITS file must be whole 2880-byte blocks. What
+was published is the arrivals topic itself: on start the watcher reads back its own arrivals,
+so a restart neither loses nor repeats a file, with no local state to corrupt.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +31,16 @@ import structlog
 from ..bus import codec
 from ..bus.topics import RAW_ARRIVALS
 from ..bus.transport import Bus
-from ..core.errors import UndecodableMessageError
+from ..core.errors import ConfigError, UndecodableMessageError
 from ..core.timespan import now_ns
+from . import inotify as ino
 from .raws import RAW_SUFFIXES
+from .treewatch import TreeWatch, choose_mode, linked, raw_files
 
 log = structlog.get_logger(__name__)
+
+_ROOT_CHECK_S = 1.0  # how often to look for landing folders not watched (gone, not made yet)
+Ready = dict[str, tuple[int, int]]  # path -> (size, mtime_ns) complete in this tick
 
 
 @dataclass(frozen=True)
@@ -48,15 +58,19 @@ class Watcher:
         watcher_id: str,
         settle_s: float = 0.1,
         status_file: Path | None = None,
+        mode: str = "auto",
     ) -> None:
         self.status_file = status_file
         self.bus = bus
         self.folders = [Path(f).resolve() for f in folders]
         self.watcher_id = watcher_id
         self.settle_ns = int(settle_s * 1e9)
+        self.mode = choose_mode(mode, self.folders)
         self._published: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns)
-        self._candidates: dict[str, _Seen] = {}
+        self._candidates: dict[str, _Seen] = {}  # found by reading a directory, not yet stable
         self.published_count = 0
+        self._tree: TreeWatch | None = None  # made by start() (inotify mode)
+        self._next_root_check = 0.0
 
     def recover(self) -> int:
         """Learn from the arrivals topic what this watcher already published."""
@@ -80,40 +94,57 @@ class Watcher:
         log.info("watcher recovered", watcher=self.watcher_id, published=len(self._published))
         return len(self._published)
 
-    def _files(self) -> Iterator[os.DirEntry[str]]:
-        stack = [str(f) for f in self.folders if f.is_dir()]
-        while stack:
-            with os.scandir(stack.pop()) as entries:
-                for entry in entries:
-                    if entry.name.startswith("."):
-                        continue
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    elif entry.name.lower().endswith(RAW_SUFFIXES):
-                        yield entry
-
-    def scan(self) -> list[dict[str, Any]]:
-        """One look at the landing folders; publishes (and returns) newly complete files."""
-        now = now_ns()
-        arrivals = []
+    def _walk(self, roots: Iterable[str], now: int, ready: Ready) -> set[str]:
+        """Read the directories under ``roots``; returns the raw files present."""
         present = set()
-        for entry in self._files():
+        for entry in raw_files(roots, self._tree):
             try:
                 st = entry.stat()
             except FileNotFoundError:  # renamed or cleaned up since the directory was read
                 continue
             present.add(entry.path)
-            ident = (entry.path, st.st_size, st.st_mtime_ns)
-            if ident in self._published:
-                continue
-            seen = self._candidates.get(entry.path)
-            if seen is None or (seen.size, seen.mtime_ns) != (st.st_size, st.st_mtime_ns):
-                self._candidates[entry.path] = _Seen(st.st_size, st.st_mtime_ns, now)
-                continue  # new or still changing: look again next scan
-            settled = now - seen.first_seen_ns >= self.settle_ns
-            if not settled or not _plausibly_complete(entry.name, st.st_size):
-                continue
-            arrivals.append(self._arrival(entry.path, st.st_size, st.st_mtime_ns, now))
+            self._settle(entry.path, st.st_size, st.st_mtime_ns, now, ready)
+        return present
+
+    def _settle(self, path: str, size: int, mtime_ns: int, now: int, ready: Ready) -> None:
+        """One look at a file found by reading its directory: ready once stable for settle_s."""
+        if (path, size, mtime_ns) in self._published:
+            self._candidates.pop(path, None)
+            return
+        seen = self._candidates.get(path)
+        if seen is None or (seen.size, seen.mtime_ns) != (size, mtime_ns):
+            self._candidates[path] = _Seen(size, mtime_ns, now)
+            return  # new or still changing: look again next time
+        if now == seen.first_seen_ns or now - seen.first_seen_ns < self.settle_ns:
+            return
+        if _plausibly_complete(os.path.basename(path), size):
+            ready[path] = (size, mtime_ns)
+        elif self._tree is not None:
+            self._candidates.pop(path)  # stable but not whole: its writer's close will tell
+
+    def _look_again(self, path: str, now: int, ready: Ready) -> None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            self._candidates.pop(path, None)  # gone (a rename has its own event)
+            return
+        self._settle(path, st.st_size, st.st_mtime_ns, now, ready)
+
+    def _closed(self, path: str, ready: Ready) -> None:
+        """A file closed after writing or renamed into place: complete now, if it is whole."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return  # renamed or removed since: a rename has its own event
+        if (path, st.st_size, st.st_mtime_ns) in self._published:
+            return
+        if _plausibly_complete(os.path.basename(path), st.st_size):
+            ready[path] = (st.st_size, st.st_mtime_ns)
+        else:
+            self._candidates.pop(path, None)  # truncated or to be rewritten: wait for a close
+
+    def _publish(self, ready: Ready, now: int) -> list[dict[str, Any]]:
+        arrivals = [self._arrival(p, size, mtime, now) for p, (size, mtime) in ready.items()]
         for arrival in arrivals:
             self.bus.send(
                 RAW_ARRIVALS.name,
@@ -126,9 +157,79 @@ class Watcher:
                 self._published.add((a["path"], a["size"], a["mtime_ns"]))
                 self._candidates.pop(a["path"], None)
             self.published_count += len(arrivals)
+        return arrivals
+
+    def scan(self) -> list[dict[str, Any]]:
+        """One look at the whole landing tree; publishes (and returns) newly complete files."""
+        now, ready = now_ns(), Ready()
+        self._walk_all(now, ready)
+        return self._publish(ready, now)
+
+    def _walk_all(self, now: int, ready: Ready) -> None:
+        present = self._walk(map(str, self.folders), now, ready)
         for gone in set(self._candidates) - present:
             del self._candidates[gone]
+
+    def start(self) -> list[dict[str, Any]]:
+        """inotify mode: watch the landing tree, then read it once for the files that landed
+        while no watcher ran (they are published once stable, by later steps)."""
+        if self._tree is not None:
+            return []
+        if self.mode != "inotify":
+            raise ConfigError(f"watcher {self.watcher_id} is in {self.mode} mode, not inotify")
+        self._tree = TreeWatch()
+        arrivals = self.scan()
+        self._next_root_check = time.monotonic() + _ROOT_CHECK_S
+        log.info("watching with inotify", watcher=self.watcher_id, directories=len(self._tree))
         return arrivals
+
+    def step(self, timeout_s: float = 0.1) -> list[dict[str, Any]]:
+        """inotify mode: wait up to ``timeout_s`` for events; publish what became complete.
+
+        Re-stats only the files found by reading a directory that are not yet stable; reads
+        directories only when one is new, a landing folder reappears or events were lost.
+        """
+        self.start()
+        assert self._tree is not None
+        pending = list(self._candidates)  # looked at before this tick: due another look
+        events = self._tree.events(timeout_s)
+        now, ready = now_ns(), Ready()
+        closed: dict[str, None] = {}  # in event order, once each
+        overflow = False
+        for mask, path in events:
+            name = os.path.basename(path)
+            if mask & ino.IN_Q_OVERFLOW:
+                overflow = True
+            elif name.startswith("."):
+                continue
+            elif mask & ino.IN_ISDIR:  # made here or moved in: watch it all, read it once
+                self._walk([path], now, ready)
+            elif not name.lower().endswith(RAW_SUFFIXES):
+                continue
+            elif mask & (ino.IN_CLOSE_WRITE | ino.IN_MOVED_TO):
+                closed[path] = None
+            elif linked(path):  # a hard or symbolic link: no close will follow
+                self._look_again(path, now, ready)
+        if overflow:
+            log.warning("inotify events lost (queue overflow): reading the landing tree")
+            self._walk_all(now, ready)
+        elif time.monotonic() >= self._next_root_check:
+            self._next_root_check = time.monotonic() + _ROOT_CHECK_S
+            watched = self._tree.watched()
+            missing = [str(f) for f in self.folders if str(f) not in watched]
+            if missing:
+                self._walk(missing, now, ready)
+        for path in closed:
+            self._closed(path, ready)
+        for path in pending:
+            if path in self._candidates and path not in ready:
+                self._look_again(path, now, ready)
+        return self._publish(ready, now)
+
+    def close(self) -> None:
+        if self._tree is not None:
+            self._tree.close()
+            self._tree = None
 
     def _arrival(self, path: str, size: int, mtime_ns: int, now: int) -> dict[str, Any]:
         return {
@@ -143,23 +244,41 @@ class Watcher:
 
     def run(self, stop: threading.Event, interval_s: float = 0.05) -> None:
         self.recover()
-        log.info("watcher started", watcher=self.watcher_id, folders=[str(f) for f in self.folders])
+        log.info(
+            "watcher started",
+            watcher=self.watcher_id,
+            folders=[str(f) for f in self.folders],
+            mode=self.mode,
+        )
         last_status = 0.0
-        while not stop.is_set():
-            self.scan()
-            if self.status_file is not None and time.monotonic() - last_status > 1.0:
-                status = {
-                    "service": self.watcher_id,
-                    "pid": os.getpid(),
-                    "updated_at_ns": now_ns(),
-                    "produced": self.published_count,
-                    "lag": 0,
-                }
-                tmp = self.status_file.with_suffix(".tmp")
-                tmp.write_text(json.dumps(status))
-                tmp.replace(self.status_file)
-                last_status = time.monotonic()
-            stop.wait(interval_s)
+        try:
+            while not stop.is_set():
+                if self.mode == "inotify":
+                    # Short waits: stop is honoured within one, and files found by reading a
+                    # directory are looked at again every interval until they are stable.
+                    self.step(interval_s if self._candidates else 0.1)
+                else:
+                    self.scan()
+                if self.status_file is not None and time.monotonic() - last_status > 1.0:
+                    _write_status(self.status_file, self.watcher_id, self.published_count)
+                    last_status = time.monotonic()
+                if self.mode == "scan":
+                    stop.wait(interval_s)
+        finally:
+            self.close()
+
+
+def _write_status(path: Path, watcher_id: str, produced: int) -> None:
+    status = {
+        "service": watcher_id,
+        "pid": os.getpid(),
+        "updated_at_ns": now_ns(),
+        "produced": produced,
+        "lag": 0,
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(status))
+    tmp.replace(path)
 
 
 def _plausibly_complete(name: str, size: int) -> bool:
