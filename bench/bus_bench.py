@@ -19,11 +19,13 @@ What it does:
 3. A warm-up: a few 2-detector exposures whose landing folders hash to every partition of
    ``obsbus.raw.arrivals``, so every ingest worker has imported and translated once, and the
    partition -> worker assignment is known (from each RegistryCommand's ``issued_by``).
-4. K bursts: one SimCam exposure (205 files) written into the landing folder with
-   ``write_exposure`` every ``--interval`` seconds (0: back to back). The landing moment of
-   all of a burst's files is the TAI time (``now_ns()``) right after ``write_exposure``
-   returns. A consumer in this process follows raw arrivals, registry commands and ingest
-   outcomes, and every file's latency is taken to its IngestOutcome's ``finished_at_ns``.
+4. K bursts: one SimCam exposure (205 files, written with ``write_exposure`` into a staging
+   folder before the clock starts: the camera's work) lands in the landing folder by one
+   rename per file, every ``--interval`` seconds (0: back to back). The landing moment of all
+   of a burst's files is the TAI time (``now_ns()``) right after its last rename. A consumer
+   in this process follows raw arrivals, registry commands and ingest outcomes (decoding
+   only outcomes during the run), and every file's latency is taken to its IngestOutcome's
+   ``finished_at_ns``.
 5. The ingest and registry handlers in-process, on 205 files each, timed and under cProfile,
    and the watcher's steady-state scan cost (see ``--no-profile``).
 
@@ -191,12 +193,18 @@ class Seen:
 
 @dataclass
 class Tracker:
-    """Follows arrivals, commands, outcomes and dead letters of the namespace in a thread."""
+    """Follows arrivals, commands, outcomes and dead letters of the namespace in a thread.
+
+    Only outcomes are decoded as they come (the run waits for them); arrivals and commands
+    are kept as bytes and decoded by ``decode_pending`` after the measurement, so the
+    follower's own CPU, which competes with the services for the cores, stays small.
+    """
 
     settings: KafkaSettings
     arrivals: dict[str, Seen] = field(default_factory=dict)  # by file path
     commands: dict[str, Seen] = field(default_factory=dict)
     outcomes: dict[str, Seen] = field(default_factory=dict)
+    pending: list[tuple[str, bytes, int, int]] = field(default_factory=list)
     dead_letters: int = 0
     error: str | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -252,18 +260,28 @@ class Tracker:
     def _take(self, d: Delivery, sent_ns: int) -> None:
         if d.topic == DEAD_LETTERS.name:
             self.dead_letters += 1
-            return
-        value = codec.decode(d.value).value
-        seen = Seen(value, sent_ns, now_ns())
+        elif d.topic == INGEST_OUTCOMES.name:
+            value = codec.decode(d.value).value
+            with self._lock:
+                self.outcomes.setdefault(value["file"], Seen(value, sent_ns, now_ns()))
+        else:
+            with self._lock:
+                self.pending.append((d.topic, d.value, sent_ns, now_ns()))
+
+    def decode_pending(self) -> None:
+        """Decode the arrivals and commands received so far."""
         with self._lock:
-            if d.topic == RAW_ARRIVALS.name:
-                self.arrivals.setdefault(value["path"], seen)
-            elif d.topic == INGEST_OUTCOMES.name:
-                self.outcomes.setdefault(value["file"], seen)
-            elif d.topic == REGISTRY_COMMANDS.name:
-                body = value["body"][1] if isinstance(value["body"], tuple) else value["body"]
-                if "file" in body:
-                    self.commands.setdefault(body["file"], seen)
+            pending, self.pending = self.pending, []
+        for topic, data, sent_ns, received_ns in pending:
+            seen = Seen(codec.decode(data).value, sent_ns, received_ns)
+            value = seen.value
+            with self._lock:
+                if topic == RAW_ARRIVALS.name:
+                    self.arrivals.setdefault(value["path"], seen)
+                elif topic == REGISTRY_COMMANDS.name:
+                    body = value["body"][1] if isinstance(value["body"], tuple) else value["body"]
+                    if "file" in body:
+                        self.commands.setdefault(body["file"], seen)
 
 
 def wait_for_outcomes(
@@ -287,8 +305,11 @@ def wait_for_outcomes(
 class Services:
     """`serve` processes for one repository, in this run's namespace; stopped by pid."""
 
-    def __init__(self, repo: Path, landing: Path, logs: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, repo: Path, landing: Path, logs: Path, env: dict[str, str], transfer: str
+    ) -> None:
         self.repo, self.landing, self.log_dir, self.env = repo, landing, logs, env
+        self.transfer = transfer
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         logs.mkdir(parents=True, exist_ok=True)
 
@@ -297,6 +318,8 @@ class Services:
         argv += ["--name", name]
         if kind == "watcher":
             argv += ["--watch", str(self.landing)]
+        if kind == "ingest":
+            argv += ["--transfer", self.transfer]
         with (self.log_dir / f"{name}.log").open("ab") as out:
             self.procs[name] = subprocess.Popen(
                 argv, cwd=PROJECT_ROOT, env=self.env, stdout=out, stderr=out
@@ -382,14 +405,26 @@ class Burst:
     index: int
     seq: int
     write_start_ns: int
-    landed_ns: int  # right after write_exposure returned: every file of the burst is there
+    landed_ns: int  # right after the last rename: every file of the burst is there
     paths: list[str]
 
 
-def land(landing: Path, seq: int, detectors: Sequence[int] | None) -> tuple[int, int, list[str]]:
+def stage(staging: Path, seq: int, detectors: Sequence[int] | None) -> list[Path]:
+    """Write an exposure's files before the clock starts (the camera's work, not ours)."""
+    return write_exposure(staging, seq, str(ns_to_iso(now_ns())), detectors=detectors)
+
+
+def land(staging: Path, landing: Path, staged: Sequence[Path]) -> tuple[int, int, list[str]]:
+    """Move a staged exposure into the landing folder, each file by one rename (as a camera's
+    writer finishes a file under a temporary name and renames it)."""
     start = now_ns()
-    files = write_exposure(landing, seq, str(ns_to_iso(start)), detectors=detectors)
-    return start, now_ns(), [str(f) for f in files]
+    paths = []
+    for source in staged:
+        target = landing / source.relative_to(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(source, target)
+        paths.append(str(target.resolve()))
+    return start, now_ns(), paths
 
 
 def run_services(args: argparse.Namespace, tmp: Path) -> None:
@@ -410,7 +445,7 @@ def run_services(args: argparse.Namespace, tmp: Path) -> None:
         OBSBUS_KAFKA_NAMESPACE=namespace,
         PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])),
     )
-    services = Services(repo, landing, tmp / "logs", env)
+    services = Services(repo, landing, tmp / "logs", env, args.transfer)
     tracker = Tracker(settings)
     try:
         started = time.monotonic()
@@ -438,6 +473,10 @@ def run_services(args: argparse.Namespace, tmp: Path) -> None:
                     k: status[k]
                     for k in ("consumed", "produced", "failed", "dead_lettered", "retried", "lag")
                     if k in status
+                } | {
+                    k: f"{status[k]:.2f}"
+                    for k in ("handle_s", "produce_s", "commit_s")
+                    if k in status
                 }
                 log(f"counters {name}: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
         if not args.keep_topics:
@@ -460,6 +499,7 @@ def measure(
         warm += [str(p) for p in write_exposure(landing, seq, when, detectors=WARM_UP_DETECTORS)]
     if not wait_for_outcomes(tracker, warm, time.monotonic() + 120, services):
         raise SystemExit(f"bus_bench: the warm-up did not finish in 120 s\n{services.logs()}")
+    tracker.decode_pending()
     with tracker._lock:
         owner = {
             arrivals_partition(str(Path(p).parent)): tracker.commands[p].value["issued_by"]
@@ -471,6 +511,9 @@ def measure(
         "raw.arrivals partition -> ingest worker: "
         + ", ".join(f"{p}:{owner.get(p, '?')}" for p in range(RAW_ARRIVALS.partitions))
     )
+    staging = landing.parent / "staging"
+    staged = [stage(staging, k + 1, detectors) for k in range(args.exposures)]
+    log(f"staged {sum(map(len, staged))} files in {staging}; each burst lands by renames")
     log(f"load average (1 min) at the first burst: {load_1min():.2f}")
 
     broker = None if os.environ.get("OBSBUS_KAFKA_BOOTSTRAP") else broker_pid()
@@ -482,7 +525,7 @@ def measure(
     for k in range(args.exposures):
         time.sleep(max(0.0, next_at - time.monotonic()))
         next_at = time.monotonic() + args.interval
-        start, landed, paths = land(landing, k + 1, detectors)
+        start, landed, paths = land(staging, landing, staged[k])
         bursts.append(Burst(k + 1, k + 1, start, landed, paths))
     everything = [p for b in bursts for p in b.paths]
     done = wait_for_outcomes(tracker, everything, time.monotonic() + args.timeout, services)
@@ -490,6 +533,7 @@ def measure(
     own_cpu = time.process_time() - own_before
     wall = time.monotonic() - wall_before
     time.sleep(0.5)  # let the follower take any last messages
+    tracker.decode_pending()
     if not done:
         missing = len(everything) - tracker.outcome_count(everything)
         log(f"TIMEOUT: {missing} of {len(everything)} files had no outcome after {args.timeout} s")
@@ -504,7 +548,7 @@ def measure(
         before, after = cpu_before.get(name), cpu_after.get(name)
         if before is not None and after is not None:
             used[name] = after - before
-    used["bus_bench (write_exposure + topic follower)"] = own_cpu
+    used["bus_bench (landing renames + topic follower)"] = own_cpu
     for name, cpu in used.items():
         log(f"  cpu {name}: {cpu:.2f} s, {1000 * cpu / files:.2f} ms/file")
     total = sum(used.values())
@@ -637,7 +681,7 @@ def report(
         partition = arrivals_partition(str(Path(b.paths[0]).parent))
         used = Counter(f.worker for f in mine if f.worker is not None)
         log(
-            f"burst {b.index}: seq {b.seq}, {len(b.paths)} files, write_exposure "
+            f"burst {b.index}: seq {b.seq}, {len(b.paths)} files, landed in "
             f"{(b.landed_ns - b.write_start_ns) / NS:.2f} s, arrivals partition {partition} "
             f"(owner {owner.get(partition, '?')}); handled by "
             + ", ".join(f"{w} ({n})" for w, n in sorted(used.items()))
@@ -867,6 +911,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=0.0, help="seconds between bursts")
     p.add_argument("--ingest-workers", type=int, default=2, help="`serve ingest` processes")
     p.add_argument("--detectors", type=int, default=len(DETECTORS), help="files per burst")
+    p.add_argument(
+        "--transfer",
+        default="copy",
+        choices=["copy", "hardlink", "direct"],
+        help="the ingest workers' datastore transfer (`serve ingest --transfer`)",
+    )
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for outcomes")
     p.add_argument("--no-profile", action="store_true", help="skip the in-process profile")
     p.add_argument(
@@ -882,6 +932,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wait_for_quiet(args.quiet_load, args.quiet_wait)
     log(f"load average (1 min) at start: {load_1min():.2f} ({os.cpu_count()} CPUs)")
     log(f"code: {code_version()}, Python {sys.version.split()[0]}")
+    log(f"ingest transfer: {args.transfer}")
     if not args.profile_only:
         log(
             f"{args.exposures} burst(s) of {args.detectors} files, interval {args.interval:g} s, "
