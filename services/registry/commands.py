@@ -18,6 +18,7 @@ from ..datastore.datastore import StoredFile
 from .changes import ChangeSet, apply_change_set
 from .collections import CollectionType
 from .datasets import DatasetRef, DatasetType
+from .known import KnownInstallations, KnownRecords
 from .registry import Registry
 from .suites import CertifySuite, apply_suite
 
@@ -86,15 +87,19 @@ class IngestResult:
 
 
 class IngestApplier:
-    """Applies IngestRaw commands; remembers within one batch what it already synced.
+    """Applies IngestRaw commands; remembers which records the database holds.
 
-    An exposure's 205 files each carry the same exposure records: syncing them once per
-    batch (one transaction) instead of once per file is most of the registry's speed.
+    An exposure's 205 files each carry the same exposure records: syncing them once instead
+    of once per file is most of the registry's speed. What it remembers (records, data ID
+    values and who sat in which slot; see known.py) is dropped by ``forget`` (a rollback),
+    ``forget_records`` and ``new_batch``; the registry service, the only writer, keeps it
+    from one batch to the next (see RegistryHandler).
     """
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self._synced: dict[tuple[str, str], Record] = {}
+        self.known = KnownRecords(registry.records)
+        self.installed = KnownInstallations(registry.installations)
         self._instruments: set[str] = set()
         self._dataset_types: set[DatasetType] = set()
         registry.db.on_rollback(self.forget)
@@ -110,10 +115,18 @@ class IngestApplier:
         # What this applier learnt inside a failed transaction may not be in the database.
         self._instruments.clear()
         self._dataset_types.clear()
-        self._synced.clear()
+        self.forget_records()
 
     def new_batch(self) -> None:
-        self._synced.clear()
+        """Call at the start of each transaction unless this process is the registry's only
+        writer: another writer may have changed records in between."""
+        self.forget_records()
+
+    def forget_records(self) -> None:
+        """Call after anything but this applier may have changed records (e.g. a command that
+        is not a raw ingest): a record remembered as it was must be compared again."""
+        self.known.clear()
+        self.installed.clear()
 
     def apply(self, cmd: IngestRaw) -> IngestResult:
         return self.apply_many([cmd])[0]
@@ -125,7 +138,7 @@ class IngestApplier:
         per-file costs stay small. Raises on the first rejected command; callers that need
         to isolate it apply the commands one by one.
         """
-        registry = self.registry
+        registry, known = self.registry, self.known
         results = [IngestResult("ingested") for _ in cmds]
         for cmd, result in zip(cmds, results, strict=True):
             self._check_registered(cmd.instrument)
@@ -134,15 +147,15 @@ class IngestApplier:
                     registry.register_dataset_type(ref.dataset_type)
                     self._dataset_types.add(ref.dataset_type)
             for element, record in cmd.records:
-                columns = _key_columns(registry, element)
-                key = (element, repr(sorted((k, record[k]) for k in columns)))
-                if self._synced.get(key) == record:
-                    continue
+                key = known.key(element, record)
+                if known.holds(key, record):
+                    continue  # in the database as given: syncing it again changes nothing
                 inserted = registry.sync_dimension_record(element, record) == "inserted"
                 result.records_inserted += inserted
-                self._synced[key] = record
+                known.remember(key, record)
         self._record_installations(cmds, results)
-        outcomes = registry.insert_datasets([ref for cmd in cmds for ref in cmd.datasets])
+        refs = [ref for cmd in cmds for ref in cmd.datasets]
+        outcomes = registry.insert_datasets(refs, known)
         stored: list[StoredFile] = []
         for cmd, result in zip(cmds, results, strict=True):
             mine, outcomes = outcomes[: len(cmd.datasets)], outcomes[len(cmd.datasets) :]
@@ -151,7 +164,8 @@ class IngestApplier:
                 result.status, result.swaps = "already-present", []
                 continue
             stored.extend(s for s, o in zip(cmd.stored, mine, strict=True) if o == "inserted")
-        registry.store_files(stored)
+        # Only files of datasets inserted just now: none can have its file record yet.
+        registry.store_files(stored, datasets_new=True)
         return results
 
     def _check_registered(self, instrument: str) -> None:
@@ -163,6 +177,7 @@ class IngestApplier:
                 f"`obsbus register-instrument REPO {instrument}` first"
             )
         self._instruments.add(instrument)
+        self.known.remember(("instrument", (instrument,)))
 
     def _record_installations(
         self, cmds: Sequence[IngestRaw], results: Sequence[IngestResult]
@@ -174,9 +189,9 @@ class IngestApplier:
             for inst in cmd.installations:
                 by_time.setdefault((inst.instrument, inst.since_ns), []).append((inst, result))
         for (instrument, since), group in by_time.items():
-            installed = registry.installed_detectors(
-                instrument, [i.detector for i, _ in group], since
-            )
+            installed = self.installed.get(instrument, since)
+            if installed is None:  # every slot: the exposure's next batches name the others
+                installed = registry.installed_detectors(instrument, None, since)
             for inst, result in group:
                 previous = installed.get(inst.detector)
                 if previous == inst.serial:
@@ -193,6 +208,8 @@ class IngestApplier:
                             "new_serial": inst.serial,
                         }
                     )
+            # True now for every slot: the ones just recorded hold their new device then.
+            self.installed.remember(instrument, since, installed)
 
     def _check_same_file(self, cmd: IngestRaw) -> None:
         """A repeat is a no-op only if it is the same file; a different one is a conflict."""
@@ -202,10 +219,6 @@ class IngestApplier:
                 f"{cmd.file}: {cmd.run} already holds a different raw for "
                 f"{cmd.datasets[0].data_id} ({stored.path})"
             )
-
-
-def _key_columns(registry: Registry, element: str) -> Sequence[str]:
-    return registry.universe[element].key_columns
 
 
 def apply_command(

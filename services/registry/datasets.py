@@ -366,16 +366,26 @@ class DatasetManager:
 
     # --- datastore records --------------------------------------------------------------------
 
-    def store_files(self, conn: Connection, files: Sequence[StoredFile]) -> None:
+    def store_files(
+        self, conn: Connection, files: Sequence[StoredFile], datasets_new: bool = False
+    ) -> None:
+        """Record the files of datasets; a dataset that has its file already keeps it.
+
+        With ``datasets_new`` (their datasets were inserted in this transaction) there is
+        nothing to look for: a file record references its dataset (a foreign key), so none
+        can exist yet (and the insert would fail loudly if one did, on the primary key).
+        """
         if not files:
             return
-        have = set(
-            conn.execute(
-                select(self._records.c.dataset_id).where(
-                    self._records.c.dataset_id.in_([f.dataset_id for f in files])
-                )
-            ).scalars()
-        )
+        have: set[uuid.UUID] = set()
+        if not datasets_new:
+            have = set(
+                conn.execute(
+                    select(self._records.c.dataset_id).where(
+                        self._records.c.dataset_id.in_([f.dataset_id for f in files])
+                    )
+                ).scalars()
+            )
         rows = [
             {
                 "dataset_id": f.dataset_id,

@@ -25,6 +25,9 @@ class InstallationManager:
     def __init__(self, records: DimensionRecords) -> None:
         self.records = records
         self._table = records.table("detector_installation")
+        # How many times ``record`` was called: a memory of who sat where (known.py) made
+        # before one is dropped when it sees this move.
+        self.changes = 0
 
     def record(
         self, conn: Connection, instrument: str, detector: int, serial: str, since_ns: int
@@ -32,6 +35,7 @@ class InstallationManager:
         """ "unchanged" when the slot already holds that device then, "installed" for the
         slot's first device, "swapped" when it replaces another device, "moved" when the
         device's stay in the slot is now known to start earlier (seen out of order)."""
+        self.changes += 1
         table, c = self._table, self._table.c
         known = self.records.fetch(
             conn, "physical_detector", {"instrument": instrument, "serial": serial}
@@ -98,18 +102,20 @@ class InstallationManager:
         return "installed" if not rows else "swapped"
 
     def installed(
-        self, conn: Connection, instrument: str, detectors: Sequence[int], at_ns: int
+        self, conn: Connection, instrument: str, detectors: Sequence[int] | None, at_ns: int
     ) -> dict[int, str]:
+        """The device in each slot (``None``: every slot of the instrument) at ``at_ns``."""
         c = self._table.c
+        at = (c.instrument == instrument, c.timespan_begin <= at_ns, c.timespan_end > at_ns)
+        if detectors is None:
+            rows = conn.execute(select(c.detector, c.physical_detector).where(*at))
+            return {int(d): str(s) for d, s in rows}
         out: dict[int, str] = {}
         wanted = sorted(set(detectors))
         for start in range(0, len(wanted), 500):
             rows = conn.execute(
                 select(c.detector, c.physical_detector).where(
-                    c.instrument == instrument,
-                    c.detector.in_(wanted[start : start + 500]),
-                    c.timespan_begin <= at_ns,
-                    c.timespan_end > at_ns,
+                    *at, c.detector.in_(wanted[start : start + 500])
                 )
             )
             out.update({int(d): str(s) for d, s in rows})

@@ -34,6 +34,9 @@ class DimensionRecords:
     def __init__(self, universe: DimensionUniverse, tables: Mapping[str, Table]) -> None:
         self.universe = universe
         self._tables = tables
+        # How many updates were asked for (applied or not): a memory of what records hold
+        # (known.py) made before a change is dropped when it sees this move.
+        self.updates = 0
 
     def table(self, element: str) -> Table:
         self.universe[element]  # raises a clear error for unknown names
@@ -173,6 +176,7 @@ class DimensionRecords:
         by: str,
     ) -> dict[str, tuple[Any, Any]]:
         """Change a registered record; every changed field is written to the audit trail."""
+        self.updates += 1
         if not reason.strip():
             raise DimensionRecordError(f"updating a {element_name} record needs a reason")
         element = self.universe[element_name]

@@ -21,7 +21,6 @@ from ..core.errors import (
     CollectionTypeError,
     NotACalibrationError,
     RecordNotFoundError,
-    UnregisteredDataIdError,
 )
 from ..core.timespan import Timespan
 from ..datastore.datastore import StoredFile
@@ -38,6 +37,7 @@ from .datasets import (
     make_dataset_id,
 )
 from .installations import InstallationManager, InstallOutcome
+from .known import KnownRecords, check_data_ids_registered
 from .queries import dataset_where
 from .records import DimensionRecords, Record, SyncResult
 from .schema import build_metadata
@@ -166,9 +166,10 @@ class Registry:
             return self.installations.record(conn, instrument, detector, serial, since_ns)
 
     def installed_detectors(
-        self, instrument: str, detectors: Sequence[int], at_ns: int
+        self, instrument: str, detectors: Sequence[int] | None, at_ns: int
     ) -> dict[int, str]:
-        """Serial of the device in each slot at moment ``at_ns`` (slots with none are absent)."""
+        """Serial of the device in each slot (None: every slot) at moment ``at_ns`` (slots
+        with none are absent)."""
         with self._read() as conn:
             return self.installations.installed(conn, instrument, detectors, at_ns)
 
@@ -242,15 +243,20 @@ class Registry:
         normalized = self.universe.data_id(dt.dimensions, data_id)
         return DatasetRef(make_dataset_id(dt.name, normalized, run, mode), dt, normalized, run)
 
-    def insert_datasets(self, refs: Sequence[DatasetRef]) -> list[InsertOutcome]:
-        """Add datasets to their runs (created if needed); repeats of the same id are no-ops."""
+    def insert_datasets(
+        self, refs: Sequence[DatasetRef], known: KnownRecords | None = None
+    ) -> list[InsertOutcome]:
+        """Add datasets to their runs (created if needed); repeats of the same id are no-ops.
+
+        Every data ID value must have its record; ``known``: records known to exist (not
+        looked up again; see known.py)."""
         outcomes: list[InsertOutcome] = []
         with self.transaction() as conn:
             by_run: dict[str, list[int]] = {}
             for i, ref in enumerate(refs):
                 by_run.setdefault(ref.run, []).append(i)
             results: dict[int, InsertOutcome] = {}
-            self._check_data_ids_registered(conn, refs)
+            check_data_ids_registered(self.records, conn, refs, known)
             for run, idxs in by_run.items():
                 run_col, _ = self.collections.register(conn, run, CollectionType.RUN)
                 run_col.check_writable("add datasets")
@@ -262,36 +268,14 @@ class Registry:
             outcomes = [results[i] for i in range(len(refs))]
         return outcomes
 
-    def _check_data_ids_registered(self, conn: Connection, refs: Sequence[DatasetRef]) -> None:
-        """Every dimension value of a dataset must have its record (the registry's integrity).
-
-        The error's ``index`` is the position of the first offending ref, so callers can name
-        their own input (e.g. the row of an ingest table).
-        """
-        for dim in self.universe.closure(d for r in refs for d in r.data_id):
-            element = self.universe[dim]
-            assert element.key is not None
-            keys = {
-                i: {**{d: r.data_id[d] for d in element.requires}, element.key.name: r.data_id[dim]}
-                for i, r in enumerate(refs)
-                if dim in r.data_id
-            }
-            found = self.records.fetch_many(conn, dim, list(keys.values()))
-            for i, key in keys.items():
-                if tuple(key[c] for c in element.key_columns) not in found:
-                    raise UnregisteredDataIdError(
-                        f"data ID value {dim}={key[element.key.name]!r} is not registered "
-                        f"(no {dim} record for {key}); register it first",
-                        index=i,
-                    )
-
     def get_dataset(self, dataset_id: uuid.UUID) -> DatasetRef:
         with self._read() as conn:
             return self.datasets.get_refs(conn, [dataset_id])[0]
 
-    def store_files(self, files: Sequence[StoredFile]) -> None:
+    def store_files(self, files: Sequence[StoredFile], *, datasets_new: bool = False) -> None:
+        """``datasets_new``: every file's dataset was inserted in this transaction."""
         with self.transaction() as conn:
-            self.datasets.store_files(conn, files)
+            self.datasets.store_files(conn, files, datasets_new)
 
     def stored_file(self, dataset_id: uuid.UUID) -> StoredFile:
         with self._read() as conn:

@@ -42,7 +42,10 @@ class RegistryHandler:
     def __call__(self, batch: Sequence[Incoming]) -> list[Outgoing]:
         produced: dict[int, list[Outgoing]] = {}
         with self.registry.transaction() as conn:
-            self.applier.new_batch()
+            # No applier.new_batch(): as the only writer, what the applier knows the database
+            # holds stays true from one batch to the next, so an exposure's records are
+            # synced once, not again in each of its small batches. It forgets on a rollback
+            # and after every command but raw ingest (see _apply).
             done = self._already_processed(conn, batch)
             todo, stale = [], []
             for i, item in enumerate(batch):
@@ -196,7 +199,11 @@ class RegistryHandler:
             cmd = command_from(value)
             if isinstance(cmd, IngestRaw):
                 return self._ingest(cmd, item, key)
-            changed = apply_command(self.registry, cmd)
+            try:
+                changed = apply_command(self.registry, cmd)
+            finally:
+                # Whatever it changed, a record remembered as it was is compared again.
+                self.applier.forget_records()
         except ObsbusError as err:
             return self._rejected(value, key, err)
         if isinstance(cmd, ChangeSet):
