@@ -188,23 +188,20 @@ class Seen:
 
     value: dict[str, Any]
     sent_ns: int  # the Kafka record timestamp (producer send time), as TAI ns
-    received_ns: int  # when this process decoded it (TAI ns)
+    received_ns: int  # when this process decoded it live (TAI ns; 0 if read back later)
 
 
 @dataclass
 class Tracker:
-    """Follows arrivals, commands, outcomes and dead letters of the namespace in a thread.
-
-    Only outcomes are decoded as they come (the run waits for them); arrivals and commands
-    are kept as bytes and decoded by ``decode_pending`` after the measurement, so the
-    follower's own CPU, which competes with the services for the cores, stays small.
+    """Follows outcomes and dead letters of the namespace in a thread; ``read_back`` reads
+    the arrivals and commands afterwards (their times are the records' Kafka timestamps), so
+    the follower's own CPU, which competes with the services for the cores, stays small.
     """
 
     settings: KafkaSettings
     arrivals: dict[str, Seen] = field(default_factory=dict)  # by file path
     commands: dict[str, Seen] = field(default_factory=dict)
     outcomes: dict[str, Seen] = field(default_factory=dict)
-    pending: list[tuple[str, bytes, int, int]] = field(default_factory=list)
     dead_letters: int = 0
     error: str | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -228,12 +225,7 @@ class Tracker:
 
     def _run(self) -> None:
         tai_minus_unix = tai_minus_unix_ns()
-        topics = [
-            RAW_ARRIVALS.name,
-            REGISTRY_COMMANDS.name,
-            INGEST_OUTCOMES.name,
-            DEAD_LETTERS.name,
-        ]
+        topics = [INGEST_OUTCOMES.name, DEAD_LETTERS.name]
         try:
             bus = self.settings.bus("obsbus-bus-bench")
             consumer = bus.consumer(f"bus-bench-{uuid.uuid4().hex[:8]}", topics)
@@ -260,28 +252,42 @@ class Tracker:
     def _take(self, d: Delivery, sent_ns: int) -> None:
         if d.topic == DEAD_LETTERS.name:
             self.dead_letters += 1
-        elif d.topic == INGEST_OUTCOMES.name:
-            value = codec.decode(d.value).value
-            with self._lock:
-                self.outcomes.setdefault(value["file"], Seen(value, sent_ns, now_ns()))
-        else:
-            with self._lock:
-                self.pending.append((d.topic, d.value, sent_ns, now_ns()))
-
-    def decode_pending(self) -> None:
-        """Decode the arrivals and commands received so far."""
+            return
+        value = codec.decode(d.value).value
         with self._lock:
-            pending, self.pending = self.pending, []
-        for topic, data, sent_ns, received_ns in pending:
-            seen = Seen(codec.decode(data).value, sent_ns, received_ns)
-            value = seen.value
-            with self._lock:
-                if topic == RAW_ARRIVALS.name:
-                    self.arrivals.setdefault(value["path"], seen)
-                elif topic == REGISTRY_COMMANDS.name:
-                    body = value["body"][1] if isinstance(value["body"], tuple) else value["body"]
-                    if "file" in body:
-                        self.commands.setdefault(body["file"], seen)
+            self.outcomes.setdefault(value["file"], Seen(value, sent_ns, now_ns()))
+
+    def read_back(self) -> None:
+        """Read the arrivals and commands published so far (from the start of the topics)."""
+        tai_minus_unix = tai_minus_unix_ns()
+        bus = self.settings.bus("obsbus-bus-bench-read-back")
+        topics = [RAW_ARRIVALS.name, REGISTRY_COMMANDS.name]
+        ends = {(t, p): end for t in topics for p, end in bus.end_offsets(t).items() if end}
+        consumer = bus.consumer(f"bus-bench-read-back-{uuid.uuid4().hex[:8]}", topics)
+        reached: dict[tuple[str, int], int] = {}
+        try:
+            while any(reached.get(tp, 0) < end for tp, end in ends.items()):
+                for d in consumer.poll(0.5, 5000):
+                    reached[(d.topic, d.partition)] = d.offset + 1
+                    seen = Seen(
+                        codec.decode(d.value).value,
+                        d.timestamp_ms * 1_000_000 + tai_minus_unix,
+                        0,  # not received live
+                    )
+                    self._take_back(d.topic, seen)
+        finally:
+            consumer.close()
+            bus.close()
+
+    def _take_back(self, topic: str, seen: Seen) -> None:
+        value = seen.value
+        with self._lock:
+            if topic == RAW_ARRIVALS.name:
+                self.arrivals.setdefault(value["path"], seen)
+            else:
+                body = value["body"][1] if isinstance(value["body"], tuple) else value["body"]
+                if "file" in body:
+                    self.commands.setdefault(body["file"], seen)
 
 
 def wait_for_outcomes(
@@ -499,7 +505,7 @@ def measure(
         warm += [str(p) for p in write_exposure(landing, seq, when, detectors=WARM_UP_DETECTORS)]
     if not wait_for_outcomes(tracker, warm, time.monotonic() + 120, services):
         raise SystemExit(f"bus_bench: the warm-up did not finish in 120 s\n{services.logs()}")
-    tracker.decode_pending()
+    tracker.read_back()
     with tracker._lock:
         owner = {
             arrivals_partition(str(Path(p).parent)): tracker.commands[p].value["issued_by"]
@@ -533,7 +539,7 @@ def measure(
     own_cpu = time.process_time() - own_before
     wall = time.monotonic() - wall_before
     time.sleep(0.5)  # let the follower take any last messages
-    tracker.decode_pending()
+    tracker.read_back()
     if not done:
         missing = len(everything) - tracker.outcome_count(everything)
         log(f"TIMEOUT: {missing} of {len(everything)} files had no outcome after {args.timeout} s")

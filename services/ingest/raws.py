@@ -78,7 +78,12 @@ class IngestOutcome:
     swaps: list[dict[str, Any]] = field(default_factory=list)  # new device seen in a slot
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Shallow (dataclasses.asdict deep-copies every swap: a cost per file in the registry).
+        return {f.name: _copied(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _copied(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value
 
 
 def find_raw_files(paths: Iterable[Path]) -> list[Path]:
