@@ -778,7 +778,7 @@ class Profiled:
     stats: pstats.Stats | None
 
 
-def profile_handlers(tmp: Path, top: int) -> None:
+def profile_handlers(tmp: Path, top: int, transfer: str) -> None:
     repo, landing = tmp / "profile-repo", tmp / "profile-landing"
     with Butler.create(repo, actor="bus_bench") as butler:
         load_instrument("SimCam").register(butler.registry)
@@ -787,7 +787,7 @@ def profile_handlers(tmp: Path, top: int) -> None:
     profiled_files = write_exposure(landing, 2, when)  # profiled
     results: list[Profiled] = []
     with Butler.open(repo, actor="bus_bench") as butler:
-        ingest = IngestHandler(butler, transfer="copy", name="bus-bench")
+        ingest = IngestHandler(butler, transfer=transfer, name="bus-bench")
         registry = RegistryHandler(butler.registry, "bus-bench-registry")
         ingest(incoming(RAW_ARRIVALS.name, [(None, "RawArrival", arrival_for(timed_files[0]))]))
         commands: dict[str, list[Outgoing]] = {}
@@ -950,7 +950,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.profile_only:
             run_services(args, tmp)
         if not args.no_profile:
-            profile_handlers(tmp, args.top)
+            profile_handlers(tmp, args.top, args.transfer)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"bench run time: {time.monotonic() - began:.0f} s")
