@@ -20,6 +20,7 @@ from services.bus.config import KafkaSettings
 from services.bus.runner import Incoming, Outgoing, ServiceLoop
 from services.bus.topics import ALL_TOPICS, DEAD_LETTERS, RAW_ARRIVALS, REGISTRY_EVENTS
 from services.bus.transport import Bus, Delivery, MemoryBus
+from services.core.errors import DatabaseUnavailableError
 
 TOPIC = RAW_ARRIVALS.name  # 6 partitions
 
@@ -192,3 +193,44 @@ def test_a_burst_is_committed_once_the_loop_catches_up() -> None:
     assert handled == [f"/{i}" for i in [*range(16), *range(40)]]  # the first 16 twice
     second.consumer.close()
     assert loop().step(0) == 0
+
+
+def test_an_outage_reads_again_only_the_batch_it_stopped() -> None:
+    bus = MemoryBus({t.name: t.partitions for t in ALL_TOPICS})
+    handled: list[str] = []
+    down = {"calls": 0}  # how many more calls meet the outage
+
+    def handler(batch: Any) -> list[Outgoing]:
+        if down["calls"]:
+            down["calls"] -= 1
+            raise DatabaseUnavailableError("database restarting")
+        handled.extend(item.value["path"] for item in batch)
+        return []
+
+    for i in range(48):
+        bus.send(TOPIC, b"one key", codec.encode(RAW_ARRIVALS.record, arrival(f"/{i}")))
+    loop = ServiceLoop(
+        "outage", bus, "g", [TOPIC], handler, max_records=16, backoff_s=0, max_backoff_s=0
+    )
+    assert [loop.step(0), loop.step(0)] == [16, 16]  # full batches: not committed yet
+    down["calls"] = loop.retries + 1  # longer than the retries
+    assert loop.step(0) == 0  # the third batch meets the outage
+    while loop.step(0):
+        pass
+    assert handled == [f"/{i}" for i in range(48)]  # the first two batches once only
+
+
+def test_a_partition_taken_by_a_rebalance_is_neither_sought_nor_committed() -> None:
+    bus = MemoryBus({t.name: t.partitions for t in ALL_TOPICS})
+    for i in range(60):  # spread over the partitions
+        bus.send(TOPIC, f"k{i}".encode(), codec.encode(RAW_ARRIVALS.record, arrival(f"/{i}")))
+    first = ServiceLoop("a", bus, "g", [TOPIC], lambda batch: [], max_records=16)
+    assert first.step(0) == 16  # uncommitted
+    second = bus.consumer("g", [TOPIC])  # joins: takes half of the partitions
+    mine = first.consumer.assignment()
+    assert mine and not mine & second.assignment()
+    first._rewind(first._uncommitted, DatabaseUnavailableError("test"))  # no ValueError
+    assert first.step(0) > 0
+    first.settle()
+    committed = bus._groups["g"].committed
+    assert committed and set(committed) <= mine

@@ -135,7 +135,8 @@ class ServiceLoop:
         try:
             outputs.extend(self._handle(incoming))
         except DatabaseUnavailableError as err:
-            self._rewind([*self._uncommitted, *deliveries], err)
+            self.settle()  # the earlier batches took effect: only this one is read again
+            self._rewind(deliveries, err)
             return 0
         handled = time.perf_counter()
         self.counters.handle_s += handled - started
@@ -171,7 +172,12 @@ class ServiceLoop:
             return
         flushed = time.perf_counter()
         self.counters.produce_s += flushed - started
-        self.consumer.commit(_next_offsets(self._uncommitted))
+        # A partition given to another member since (a rebalance) is not ours to commit: its
+        # new owner reads those messages again, which handlers allow.
+        owned = self.consumer.assignment()
+        self.consumer.commit(
+            {tp: o for tp, o in _next_offsets(self._uncommitted).items() if tp in owned}
+        )
         self.counters.commit_s += time.perf_counter() - flushed
         self._uncommitted = []
         self._last_commit = time.monotonic()
@@ -183,8 +189,10 @@ class ServiceLoop:
         for d in deliveries:
             tp = (d.topic, d.partition)
             first[tp] = min(first.get(tp, d.offset), d.offset)
+        owned = self.consumer.assignment()  # the others' new owners read them from the commit
         for tp, offset in first.items():
-            self.consumer.seek(tp, offset)
+            if tp in owned:
+                self.consumer.seek(tp, offset)
         log.warning("outage: will read the batch again", service=self.name, error=str(err))
         time.sleep(self.max_backoff_s)
 

@@ -160,6 +160,8 @@ class MemoryConsumer:
             self.bus._groups[self.group].committed.update(offsets)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
+        if tp not in self.assigned:  # as kafka-python: a partition given to another member
+            raise ValueError(f"unassigned partition {tp}")
         self.positions[tp] = offset
 
     def assignment(self) -> set[TopicPartition]:
