@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from services.core.errors import NotFitsError, TruncatedFileError
+from services.core.errors import NotFitsError, TruncatedFileError, UnreadableCardError
 from services.ingest.cards import COMMENTARY, parse_cards
 from services.ingest.fitsfile import BLOCK, read_hdus
 from services.instruments.simcam.generator import write_exposure
@@ -111,6 +111,12 @@ def test_unusual_cards_read_as_astropy_reads_them() -> None:
     text = "".join(c.image for c in cards)
     text += "DEXP    =               1.5D+03 / Fortran's exponent".ljust(80)
     text += "LOWER   = 'x'".ljust(80)
+    text += "EARLY= 5".ljust(80)  # "=" before column 9: not standard, astropy reads it
+    text += "HIERARCH ESO OBS NAME = 'a long &'".ljust(80)  # HIERARCH strings continue too
+    text += "CONTINUE  'hierarch value'".ljust(80)
+    text += "BLANKAMP= 'abc &  '".ljust(80)  # blanks after the "&" still continue
+    text += "CONTINUE  'd'".ljust(80)
+    text += "LONEAMP = 'no continue &'".ljust(80)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = fits.Header.fromstring(text)
@@ -119,6 +125,17 @@ def test_unusual_cards_read_as_astropy_reads_them() -> None:
     assert mine["REPEAT"] == 1 and images["REPEAT"].startswith("REPEAT  =")
     assert mine["HIERARCH ESO DET CHIP NAME"] == mine["eso det chip name"] == "ccd7"
     assert "longstr" in mine and mine.get("ABSENT", 0) == 0
+    assert mine["ESO OBS NAME"] == "a long hierarch value" and mine["BLANKAMP"] == "abc d"
+    assert "LONGSTR" not in images  # its first card is not all of its value
+
+
+def test_a_card_nothing_can_read_fails_only_when_read() -> None:
+    text = "EXPTIME =                 30.0".ljust(80) + "SKYLEVEL= NAN".ljust(80)
+    header, _ = parse_cards(text)
+    assert header["EXPTIME"] == 30.0 and "SKYLEVEL" in header
+    with pytest.raises(UnreadableCardError, match=r"^header card SKYLEVEL cannot be read"):
+        header.get("SKYLEVEL")
+    assert header.merged({}).unreadable == {"SKYLEVEL": "SKYLEVEL= NAN".ljust(80)}
 
 
 def test_not_fits(tmp_path: Path) -> None:

@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 from astro_metadata_translator import MetadataTranslator, ObservationInfo
 
+from services.ingest.cards import parse_cards
 from services.ingest.fitsfile import read_hdus
 from services.ingest.headers import (
     USED_PROPERTIES,
+    CardSignature,
     HeaderTranslator,
     configure_offline_translation,
 )
@@ -127,3 +129,35 @@ def test_the_translator_is_chosen_once_per_kind_of_header(
     ]
     assert names == ["SimCam", "HSC", "SimCam", "DECam", "SimCam", "HSC"]
     assert sorted(asked) == ["DECam", "HSC", "SimCam"]  # each kind asked once
+
+
+def _with_card(path: Path, card: str) -> Path:
+    """The file with one more primary-header card (written as is: astropy could not)."""
+    data = bytearray(path.read_bytes())
+    end = data.index(b"END" + b" " * 77)
+    assert end % 2880 + 160 <= 2880, "no room left in the header block"
+    data[end : end + 160] = (card.ljust(80) + "END").ljust(160).encode()
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_card_no_translator_reads_may_be_unreadable(tmp_path: Path) -> None:
+    path = _with_card(hdrs.write_single(HSC, tmp_path / "det50.fits"), "SKYLEVEL= NAN")
+    prepared = prepare(path, HeaderTranslator())
+    assert [d.detector for d in prepared.datasets] == [50]
+
+
+def test_a_signature_tells_apart_what_its_cards_say_differently() -> None:
+    def header(obj_tail: str, dpr: str) -> tuple[Any, Any]:
+        return parse_cards(
+            "OBJECT  = 'a target with a long name that goes on and on and on and on &'".ljust(80)
+            + f"CONTINUE  '{obj_tail}'".ljust(80)
+            + f"HIERARCH ESO DPR TYPE = '{dpr}'".ljust(80)
+        )
+
+    one = header("A", "OBJECT")
+    cards = ["OBJECT", "HIERARCH ESO DPR TYPE"]  # as a translator may spell them
+    signature = CardSignature.of(cards, *one)
+    assert signature.matches(*header("A", "OBJECT"))
+    assert not signature.matches(*header("B", "OBJECT"))  # differs after the first card
+    assert not signature.matches(*header("A", "FLAT"))

@@ -308,6 +308,10 @@ class IncompleteHeaderError(RawFileError):
     code = "incomplete_header"
 
 
+class UnreadableCardError(RawFileError):
+    code = "unreadable_card"
+
+
 class UnknownFilterError(RawFileError):
     code = "unknown_filter"
 

@@ -27,7 +27,7 @@ from astropy.utils import iers
 
 from ..core.errors import IncompleteHeaderError, NoTranslatorError
 from ..instruments import Instrument, available, load_instrument
-from .cards import FitsHeader
+from .cards import FitsHeader, normal_keyword
 from .fitsfile import Hdu
 from .observation import ExposureRecords, exposure_records
 
@@ -90,9 +90,9 @@ class CardSignature:
 
     cards: tuple[str, ...]
     values: tuple[Any, ...]
-    # The cards as written, when the header was a file's own: comparing text is much cheaper
-    # than comparing parsed values.
-    images: tuple[str | None, ...] | None
+    # The cards as written, where known (a file's own header, a card not continued): the same
+    # text is the same value, and comparing text is much cheaper than parsing values.
+    images: tuple[str | None, ...]
 
     @classmethod
     def of(
@@ -102,23 +102,20 @@ class CardSignature:
         return cls(
             cards,
             tuple(header.get(c, _ABSENT) for c in cards),
-            None if images is None else tuple(images.get(c.upper()) for c in cards),
+            tuple(_image(images, c) for c in cards),
         )
 
     def matches(self, header: Mapping[str, Any], images: Mapping[str, str] | None) -> bool:
-        if (
-            images is not None
-            and self.images is not None
-            and all(
-                images.get(c.upper()) == i for c, i in zip(self.cards, self.images, strict=True)
-            )
-        ):
-            return True
-        # A card written differently may still say the same: compare values.
-        return all(
-            header.get(card, _ABSENT) == value
-            for card, value in zip(self.cards, self.values, strict=True)
-        )
+        for card, value, image in zip(self.cards, self.values, self.images, strict=True):
+            if image is not None and image == _image(images, card):
+                continue
+            if header.get(card, _ABSENT) != value:  # written differently may still be equal
+                return False
+        return True
+
+
+def _image(images: Mapping[str, str] | None, card: str) -> str | None:
+    return None if images is None else images.get(normal_keyword(card))
 
 
 @dataclass(frozen=True)
@@ -276,6 +273,7 @@ def _translate_exposure(
     if missing:
         raise IncompleteHeaderError(
             f"{path}: the {translator.name} header does not give {', '.join(missing)}"
+            + _unreadable_cards(header)
         )
     # ObservationInfo keeps its translator private: a second one, asked the same questions,
     # says which cards the answers came from (once per exposure, so the cost is irrelevant).
@@ -286,6 +284,12 @@ def _translate_exposure(
     return ExposureTranslation(
         translator, info, CardSignature.of(reader.cards_used(), header, images)
     )
+
+
+def _unreadable_cards(header: Mapping[str, Any]) -> str:
+    """A hint at why a property may be missing: cards no parser could read."""
+    unreadable = getattr(header, "unreadable", None)
+    return f" (unreadable card(s): {', '.join(sorted(unreadable))})" if unreadable else ""
 
 
 def _detector_properties(
@@ -299,6 +303,7 @@ def _detector_properties(
     if detector is None:
         raise IncompleteHeaderError(
             f"{path}: the {translator.name} header does not give detector_num"
+            + _unreadable_cards(header)
         )
     try:
         serial = reader.to_detector_serial()
