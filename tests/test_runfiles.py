@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,3 +63,24 @@ def _cmdline(pid: int) -> bytes:
         return (Path(f"/proc/{pid}") / "cmdline").read_bytes()
     except OSError as err:
         return str(err).encode()
+
+
+def test_a_second_registry_service_is_refused(
+    tmp_path: Path, fake_service: subprocess.Popen[bytes]
+) -> None:
+    repo = tmp_path / "repo"
+    (run_dir(repo) / "registry.pid").write_text(str(fake_service.pid))
+    deadline = time.monotonic() + 10  # until the shell shows its command line
+    while service_pid(repo, "registry") is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "serve", "registry", str(repo)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"obsbus: error: a registry service already serves {repo} (pid {fake_service.pid}); it must "
+        "be the registry's only writer: stop it first (`obsbus down REPO`, or kill it)"
+    ]

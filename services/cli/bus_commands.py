@@ -19,6 +19,7 @@ from ..bus.topics import ALL_TOPICS, topic
 from ..bus.transport import KafkaBus
 from ..core import runfiles
 from ..core.dimensions import parse_data_id_args
+from ..core.errors import ConfigError
 from ..core.timespan import Timespan, ns_to_iso
 from . import up as up_mod
 
@@ -150,6 +151,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     name = args.name or args.service
     run_dir = runfiles.run_dir(args.repo)
     stop = threading.Event()
+    if args.service == "registry":
+        # The only writer: it remembers what the database holds between batches.
+        running = runfiles.service_pid(args.repo, "registry")
+        if running is not None and running != os.getpid():
+            raise ConfigError(
+                f"a registry service already serves {args.repo} (pid {running}); it must be "
+                "the registry's only writer: stop it first (`obsbus down REPO`, or kill it)"
+            )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     (run_dir / f"{name}.pid").write_text(str(os.getpid()))
