@@ -36,60 +36,42 @@ are removed and the namespace's topics deleted (unless ``--keep-topics``). See b
 from __future__ import annotations
 
 import argparse
-import cProfile
-import itertools
 import json
-import math
 import os
-import pstats
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from services.bus import codec
+from _bus_common import log
+from _bus_follow import Tracker
+from _bus_profile import profile_handlers
+from _bus_report import Burst, arrivals_partition, report
+
 from services.bus.admin import ensure_topics, wait_for_broker
 from services.bus.config import KafkaSettings
-from services.bus.runner import Incoming, Outgoing
 from services.bus.topics import (
-    DEAD_LETTERS,
-    INGEST_OUTCOMES,
     RAW_ARRIVALS,
-    REGISTRY_COMMANDS,
 )
-from services.bus.transport import Delivery, MemoryBus
 from services.butler import Butler
 from services.core.timespan import now_ns, ns_to_iso
-from services.ingest.service import IngestHandler
-from services.ingest.watcher import Watcher
 from services.instruments import load_instrument
 from services.instruments.simcam import write_exposure
 from services.instruments.simcam.generator import day_obs_of, raw_path, to_tai
 from services.instruments.simcam.instrument import DETECTORS
-from services.registry.service import RegistryHandler
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 KAFKA_SCRIPT = PROJECT_ROOT / "deploy" / "kafka.sh"
-NS = 1_000_000_000
-TARGET_P99_S = 0.5  # the issue's targets (reported, not asserted)
-TARGET_FILES_PER_S = 1500.0
 WARM_UP_DETECTORS = (0, 1)
 WARM_UP_FIRST_SEQ = 90_000  # warm-up exposures' SEQNUMs (the bursts use 1..K)
 STOP_GRACE_S = 15.0
-
-
-def log(text: str) -> None:
-    print(text, flush=True)
 
 
 # --- the broker and the machine -------------------------------------------------------------
@@ -115,12 +97,6 @@ def broker_pid() -> int | None:
     status = subprocess.run(["bash", str(KAFKA_SCRIPT), "status"], capture_output=True, text=True)
     found = re.search(r"\bpid (\d+)", status.stdout)
     return int(found.group(1)) if found and status.returncode == 0 else None
-
-
-def tai_minus_unix_ns() -> int:
-    """TAI - Unix time in ns (whole seconds between leap seconds), to put Kafka timestamps
-    (Unix ms) and mtimes on the services' TAI clock (``now_ns()``)."""
-    return round((now_ns() - time.time_ns()) / NS) * NS
 
 
 def code_version() -> str:
@@ -159,135 +135,6 @@ def cpu_seconds(pid: int | None) -> float | None:
     except (OSError, IndexError):
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-# --- statistics -----------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty sample."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
-def spread(values: Sequence[float]) -> str:
-    if not values:
-        return "no data"
-    return (
-        f"p50 {percentile(values, 50):.3f} s  p99 {percentile(values, 99):.3f} s  "
-        f"max {max(values):.3f} s"
-    )
-
-
-# --- following the topics -------------------------------------------------------------------
-
-
-@dataclass
-class Seen:
-    """One message the tracker consumed: its decoded value, producer timestamp, receipt."""
-
-    value: dict[str, Any]
-    sent_ns: int  # the Kafka record timestamp (producer send time), as TAI ns
-    received_ns: int  # when this process decoded it live (TAI ns; 0 if read back later)
-
-
-@dataclass
-class Tracker:
-    """Follows outcomes and dead letters of the namespace in a thread; ``read_back`` reads
-    the arrivals and commands afterwards (their times are the records' Kafka timestamps), so
-    the follower's own CPU, which competes with the services for the cores, stays small.
-    """
-
-    settings: KafkaSettings
-    arrivals: dict[str, Seen] = field(default_factory=dict)  # by file path
-    commands: dict[str, Seen] = field(default_factory=dict)
-    outcomes: dict[str, Seen] = field(default_factory=dict)
-    dead_letters: int = 0
-    error: str | None = None
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _ready: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="tracker", daemon=True)
-        self._thread.start()
-        self._ready.wait(60)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
-
-    def outcome_count(self, paths: Iterable[str]) -> int:
-        with self._lock:
-            return sum(p in self.outcomes for p in paths)
-
-    def _run(self) -> None:
-        tai_minus_unix = tai_minus_unix_ns()
-        topics = [INGEST_OUTCOMES.name, DEAD_LETTERS.name]
-        try:
-            bus = self.settings.bus("obsbus-bus-bench")
-            consumer = bus.consumer(f"bus-bench-{uuid.uuid4().hex[:8]}", topics)
-        except Exception as err:
-            self.error = f"{type(err).__name__}: {err}"
-            self._ready.set()
-            return
-        try:
-            first = consumer.poll(0.5, 2000)  # joins the group; reads from offset 0 anyway
-            self._ready.set()
-            batch = first
-            while True:
-                for d in batch:
-                    self._take(d, d.timestamp_ms * 1_000_000 + tai_minus_unix)
-                if self._stop.is_set():
-                    break
-                batch = consumer.poll(0.2, 2000)
-        except Exception as err:
-            self.error = f"{type(err).__name__}: {err}"
-        finally:
-            consumer.close()
-            bus.close()
-
-    def _take(self, d: Delivery, sent_ns: int) -> None:
-        if d.topic == DEAD_LETTERS.name:
-            self.dead_letters += 1
-            return
-        value = codec.decode(d.value).value
-        with self._lock:
-            self.outcomes.setdefault(value["file"], Seen(value, sent_ns, now_ns()))
-
-    def read_back(self) -> None:
-        """Read the arrivals and commands published so far (from the start of the topics)."""
-        tai_minus_unix = tai_minus_unix_ns()
-        bus = self.settings.bus("obsbus-bus-bench-read-back")
-        topics = [RAW_ARRIVALS.name, REGISTRY_COMMANDS.name]
-        ends = {(t, p): end for t in topics for p, end in bus.end_offsets(t).items() if end}
-        consumer = bus.consumer(f"bus-bench-read-back-{uuid.uuid4().hex[:8]}", topics)
-        reached: dict[tuple[str, int], int] = {}
-        try:
-            while any(reached.get(tp, 0) < end for tp, end in ends.items()):
-                for d in consumer.poll(0.5, 5000):
-                    reached[(d.topic, d.partition)] = d.offset + 1
-                    seen = Seen(
-                        codec.decode(d.value).value,
-                        d.timestamp_ms * 1_000_000 + tai_minus_unix,
-                        0,  # not received live
-                    )
-                    self._take_back(d.topic, seen)
-        finally:
-            consumer.close()
-            bus.close()
-
-    def _take_back(self, topic: str, seen: Seen) -> None:
-        value = seen.value
-        with self._lock:
-            if topic == RAW_ARRIVALS.name:
-                self.arrivals.setdefault(value["path"], seen)
-            else:
-                body = value["body"][1] if isinstance(value["body"], tuple) else value["body"]
-                if "file" in body:
-                    self.commands.setdefault(body["file"], seen)
 
 
 def wait_for_outcomes(
@@ -380,13 +227,6 @@ class Services:
 # --- partitions -----------------------------------------------------------------------------
 
 
-def arrivals_partition(folder: str) -> int:
-    """The partition kafka-python's default partitioner gives a RawArrival keyed by folder."""
-    from kafka.partitioner.default import murmur2
-
-    return int(murmur2(folder.encode()) & 0x7FFFFFFF) % RAW_ARRIVALS.partitions
-
-
 def folder_of(landing: Path, seq: int, when: str) -> str:
     """The landing folder (the RawArrival key) of an exposure written at ``when``."""
     day_obs = day_obs_of(to_tai(when))
@@ -404,15 +244,6 @@ def warm_up_seqs(landing: Path, when: str) -> list[int]:
 
 
 # --- the measured run -----------------------------------------------------------------------
-
-
-@dataclass
-class Burst:
-    index: int
-    seq: int
-    write_start_ns: int
-    landed_ns: int  # right after the last rename: every file of the burst is there
-    paths: list[str]
 
 
 def stage(staging: Path, seq: int, detectors: Sequence[int] | None) -> list[Path]:
@@ -564,164 +395,6 @@ def measure(
         log(f"dead letters: {tracker.dead_letters}")
 
 
-@dataclass
-class FileTimes:
-    burst: int
-    landed: int
-    mtime: int | None
-    detected: int | None
-    ingested: int | None  # the RegistryCommand's issued_at_ns (the ingest handler built it)
-    command_sent: int | None
-    worker: str | None
-    decided: int | None  # IngestOutcome.finished_at_ns (inside the registry's transaction)
-    outcome_sent: int | None  # after the registry's commit and flush
-    received: int | None
-    status: str | None
-
-
-def file_times(bursts: Sequence[Burst], tracker: Tracker) -> list[FileTimes]:
-    tai_minus_unix = tai_minus_unix_ns()
-    out = []
-    with tracker._lock:
-        for b in bursts:
-            for path in b.paths:
-                arrival = tracker.arrivals.get(path)
-                command = tracker.commands.get(path)
-                outcome = tracker.outcomes.get(path)
-                out.append(
-                    FileTimes(
-                        burst=b.index,
-                        landed=b.landed_ns,
-                        mtime=None
-                        if arrival is None
-                        else arrival.value["mtime_ns"] + tai_minus_unix,
-                        detected=None if outcome is None else outcome.value["detected_at_ns"],
-                        ingested=None if command is None else command.value["issued_at_ns"],
-                        command_sent=None if command is None else command.sent_ns,
-                        worker=None if command is None else command.value["issued_by"],
-                        decided=None if outcome is None else outcome.value["finished_at_ns"],
-                        outcome_sent=None if outcome is None else outcome.sent_ns,
-                        received=None if outcome is None else outcome.received_ns,
-                        status=None if outcome is None else outcome.value["status"],
-                    )
-                )
-    return out
-
-
-def seconds(
-    files: Sequence[FileTimes],
-    begin: Callable[[FileTimes], int | None],
-    end: Callable[[FileTimes], int | None],
-) -> list[float]:
-    out = []
-    for f in files:
-        b, e = begin(f), end(f)
-        if b is not None and e is not None:
-            out.append((e - b) / NS)
-    return out
-
-
-def _landed(f: FileTimes) -> int | None:
-    return f.landed
-
-
-def _decided(f: FileTimes) -> int | None:
-    return f.decided
-
-
-STAGES: tuple[
-    tuple[str, Callable[[FileTimes], int | None], Callable[[FileTimes], int | None]], ...
-] = (
-    ("landing->detected (watcher: scan + settle)", lambda f: f.landed, lambda f: f.detected),
-    ("file written (mtime)->detected", lambda f: f.mtime, lambda f: f.detected),
-    (
-        "detected->ingested (arrivals queue + ingest handler)",
-        lambda f: f.detected,
-        lambda f: f.ingested,
-    ),
-    (
-        "ingested->command sent (rest of the ingest batch)",
-        lambda f: f.ingested,
-        lambda f: f.command_sent,
-    ),
-    (
-        "command sent->outcome decided (registry queue + apply)",
-        lambda f: f.command_sent,
-        lambda f: f.decided,
-    ),
-    (
-        "outcome decided->published (registry commit + flush)",
-        lambda f: f.decided,
-        lambda f: f.outcome_sent,
-    ),
-    ("published->seen by a consumer", lambda f: f.outcome_sent, lambda f: f.received),
-)
-
-
-def report(
-    bursts: Sequence[Burst], tracker: Tracker, owner: dict[int, str], workers: list[str]
-) -> None:
-    files = file_times(bursts, tracker)
-    finished = [f for f in files if f.decided is not None]
-    statuses = Counter(f.status for f in finished)
-    log(f"files landed: {len(files)} in {len(bursts)} burst(s)")
-    log("outcomes: " + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items(), key=str)))
-    if not finished:
-        return
-    first_landing = min(b.landed_ns for b in bursts)
-    first_write = min(b.write_start_ns for b in bursts)
-    last = max(f.decided for f in finished if f.decided is not None)
-    last_published = max(f.outcome_sent for f in finished if f.outcome_sent is not None)
-    log(
-        f"sustained throughput (first landing -> last outcome): "
-        f"{len(finished) / max((last - first_landing) / NS, 1e-9):.1f} files/s "
-        f"(target {TARGET_FILES_PER_S:,.0f})"
-    )
-    log(f"run length (first landing -> last outcome): {(last - first_landing) / NS:.2f} s")
-    log(
-        f"sustained throughput (start of the first write -> last outcome published): "
-        f"{len(finished) / max((last_published - first_write) / NS, 1e-9):.1f} files/s"
-    )
-    for b in bursts:
-        mine = [f for f in files if f.burst == b.index]
-        partition = arrivals_partition(str(Path(b.paths[0]).parent))
-        used = Counter(f.worker for f in mine if f.worker is not None)
-        log(
-            f"burst {b.index}: seq {b.seq}, {len(b.paths)} files, landed in "
-            f"{(b.landed_ns - b.write_start_ns) / NS:.2f} s, arrivals partition {partition} "
-            f"(owner {owner.get(partition, '?')}); handled by "
-            + ", ".join(f"{w} ({n})" for w, n in sorted(used.items()))
-        )
-        latency = seconds(mine, _landed, _decided)
-        if latency:
-            log(f"burst {b.index} latency p50: {percentile(latency, 50):.3f} s")
-            log(
-                f"burst {b.index} latency p99: {percentile(latency, 99):.3f} s "
-                f"(target {TARGET_P99_S} s)"
-            )
-            log(f"burst {b.index} latency max: {max(latency):.3f} s")
-        log(
-            f"burst {b.index} latency detected->outcome (watcher's detected_at_ns): "
-            + spread(seconds(mine, lambda f: f.detected, lambda f: f.decided))
-        )
-        log(
-            f"burst {b.index} latency landing->outcome published (after the registry commit): "
-            + spread(seconds(mine, lambda f: f.landed, lambda f: f.outcome_sent))
-        )
-        for name, begin, end in STAGES:
-            log(f"burst {b.index} split {name}: {spread(seconds(mine, begin, end))}")
-    met = sum(
-        1
-        for b in bursts
-        if (lat := seconds([f for f in files if f.burst == b.index], _landed, _decided))
-        and percentile(lat, 99) < TARGET_P99_S
-    )
-    log(f"bursts meeting the p99 < {TARGET_P99_S} s target: {met} of {len(bursts)}")
-    log("all bursts latency landing->outcome: " + spread(seconds(files, _landed, _decided)))
-    per_worker = Counter(f.worker for f in files if f.worker is not None)
-    log("files per ingest worker: " + ", ".join(f"{w} {per_worker.get(w, 0)}" for w in workers))
-
-
 def delete_topics(bootstrap: str, names: list[str]) -> None:
     """Remove this run's namespaced topics (nobody else uses the namespace)."""
     from kafka import KafkaAdminClient
@@ -734,178 +407,6 @@ def delete_topics(bootstrap: str, names: list[str]) -> None:
             client.close()
     except Exception as err:  # cleanup only: say so and go on
         log(f"could not delete the bench topics ({type(err).__name__}: {err})")
-
-
-# --- in-process profile of the handlers -----------------------------------------------------
-
-
-def arrival_for(path: Path) -> dict[str, Any]:
-    st = path.stat()
-    return {
-        "arrival_id": str(uuid.uuid4()),
-        "path": str(path),
-        "folder": str(path.parent),
-        "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
-        "detected_at_ns": now_ns(),
-        "watcher": "bus-bench",
-    }
-
-
-_OFFSETS = itertools.count()
-
-
-def incoming(
-    topic: str, messages: Sequence[tuple[str | None, str, dict[str, Any]]]
-) -> list[Incoming]:
-    """What the service loop would hand a handler: encoded, then decoded, like off the wire."""
-    out = []
-    first = next(_OFFSETS)  # distinct offsets: the registry skips (topic, partition, offset) seen
-    for offset, (key, record, value) in enumerate(messages, start=first * 1_000_000):
-        data = codec.encode(record, value)
-        raw_key = None if key is None else key.encode()
-        decoded = codec.decode(data)
-        delivery = Delivery(topic, 0, offset, raw_key, data, 0)
-        out.append(Incoming(delivery, decoded.record_name, decoded.value))
-    return out
-
-
-@dataclass
-class Profiled:
-    name: str
-    files: int
-    wall_s: float  # without the profiler
-    stats: pstats.Stats | None
-
-
-def profile_handlers(tmp: Path, top: int, transfer: str) -> None:
-    repo, landing = tmp / "profile-repo", tmp / "profile-landing"
-    with Butler.create(repo, actor="bus_bench") as butler:
-        load_instrument("SimCam").register(butler.registry)
-    when = str(ns_to_iso(now_ns()))
-    timed_files = write_exposure(landing, 1, when)  # timed without the profiler
-    profiled_files = write_exposure(landing, 2, when)  # profiled
-    results: list[Profiled] = []
-    with Butler.open(repo, actor="bus_bench") as butler:
-        ingest = IngestHandler(butler, transfer=transfer, name="bus-bench")
-        registry = RegistryHandler(butler.registry, "bus-bench-registry")
-        ingest(incoming(RAW_ARRIVALS.name, [(None, "RawArrival", arrival_for(timed_files[0]))]))
-        commands: dict[str, list[Outgoing]] = {}
-        for label, files in (("timed", timed_files[1:]), ("profiled", profiled_files)):
-            batch = incoming(
-                RAW_ARRIVALS.name,
-                [(str(p.parent), RAW_ARRIVALS.record, arrival_for(p)) for p in files],
-            )
-            profiler = cProfile.Profile() if label == "profiled" else None
-            t0 = time.perf_counter()
-            if profiler is not None:
-                profiler.enable()
-            commands[label] = ingest(batch)
-            for out in commands[label]:  # what the loop does next with each output
-                codec.encode(out.record, out.value)
-            if profiler is not None:
-                profiler.disable()
-            wall = time.perf_counter() - t0
-            results.append(
-                Profiled(
-                    "ingest handler (+ encode of its commands)",
-                    len(files),
-                    wall,
-                    None if profiler is None else pstats.Stats(profiler),
-                )
-            )
-        for label in ("timed", "profiled"):
-            batch = incoming(
-                REGISTRY_COMMANDS.name, [(o.key, o.record, o.value) for o in commands[label]]
-            )
-            profiler = cProfile.Profile() if label == "profiled" else None
-            t0 = time.perf_counter()
-            if profiler is not None:
-                profiler.enable()
-            answers = registry(batch)
-            for out in answers:
-                codec.encode(out.record, out.value)
-            if profiler is not None:
-                profiler.disable()
-            wall = time.perf_counter() - t0
-            results.append(
-                Profiled(
-                    "registry handler (one batch, one transaction; + encode of its answers)",
-                    len(batch),
-                    wall,
-                    None if profiler is None else pstats.Stats(profiler),
-                )
-            )
-    for r in results:
-        if r.stats is None:
-            log(f"in-process {r.name}: {r.files} files in {r.wall_s:.2f} s")
-            log(f"in-process {r.name}: {1000 * r.wall_s / r.files:.2f} ms/file")
-            log(f"in-process {r.name}: {r.files / r.wall_s:.1f} files/s")
-    for r in results:
-        if r.stats is not None:
-            log(
-                f"profile of the {r.name}, {r.files} files "
-                f"({1000 * r.wall_s / r.files:.2f} ms/file under cProfile):"
-            )
-            show_profile(r.stats, r.files, top)
-    watcher_scan_cost(landing)
-
-
-def short(filename: str) -> str:
-    for marker in ("/site-packages/", str(PROJECT_ROOT) + "/"):
-        if marker in filename:
-            return filename.split(marker, 1)[1]
-    return filename
-
-
-Row = tuple[tuple[str, int, str], tuple[int, int, float, float, Any]]
-
-
-def show_profile(stats: pstats.Stats, files: int, top: int) -> None:
-    """Top functions by own time, and by cumulative time (obsbus's, then libraries'), per file."""
-    table: dict[tuple[str, int, str], tuple[int, int, float, float, Any]]
-    table = stats.stats  # type: ignore[attr-defined]
-    total = sum(tt for _, _, tt, _, _ in table.values())
-    log(f"  total {1000 * total / files:.2f} ms/file (own times summed)")
-
-    def show(title: str, rows: list[Row], column: int) -> None:
-        log(f"  {title} (ms/file, share, calls/file, function):")
-        for (filename, line, func), numbers in rows[:top]:
-            t, calls = numbers[column], numbers[1]
-            log(
-                f"    {1000 * t / files:7.3f}  {100 * t / total:5.1f}%  {calls / files:7.1f}  "
-                f"{short(filename)}:{line}({func})"
-            )
-
-    ours = str(PROJECT_ROOT / "services")
-    rows = list(table.items())
-    show("by own time", sorted(rows, key=lambda kv: kv[1][2], reverse=True), 2)
-    by_cumulative = sorted(rows, key=lambda kv: kv[1][3], reverse=True)
-    show("obsbus functions by cumulative time", [r for r in by_cumulative if ours in r[0][0]], 3)
-    libraries = [
-        r
-        for r in by_cumulative
-        if "/site-packages/" in r[0][0] and r[0][2] not in ("<module>", "<listcomp>")
-    ]
-    show("library functions by cumulative time", libraries, 3)
-
-
-def watcher_scan_cost(landing: Path) -> None:
-    """Steady-state cost of one watcher scan (every 0.1 s) per file already in the folder."""
-    files = sum(1 for _ in landing.rglob("*.fits"))
-    watcher = Watcher(MemoryBus({RAW_ARRIVALS.name: RAW_ARRIVALS.partitions}), [landing], "b", 0)
-    watcher.scan()  # candidates
-    watcher.scan()  # published
-    rounds = 20
-    t0 = time.perf_counter()
-    for _ in range(rounds):
-        watcher.scan()
-    per_scan = (time.perf_counter() - t0) / rounds
-    log(f"watcher steady-state scan of {files} published files: {1000 * per_scan:.2f} ms")
-    log(
-        f"watcher scan cost per file already landed: {1e6 * per_scan / files:.1f} µs "
-        f"(10 scans/s: {100 * 10 * per_scan / files * 1000:.1f}% of a core per 1,000 files)"
-    )
 
 
 # --- main -------------------------------------------------------------------------------------

@@ -81,6 +81,6 @@ def test_a_second_registry_service_is_refused(
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"obsbus: error: a registry service already serves {repo} (pid {fake_service.pid}); it must "
-        "be the registry's only writer: stop it first (`obsbus down REPO`, or kill it)"
+        f"obsbus: error: a registry service already serves {repo} (pid {fake_service.pid}); "
+        "it must be the registry's only writer: stop it first (`obsbus down REPO`, or kill it)"
     ]

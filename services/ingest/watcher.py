@@ -29,6 +29,7 @@ from typing import Any
 import structlog
 
 from ..bus import codec
+from ..bus.readback import read_to_end
 from ..bus.topics import RAW_ARRIVALS
 from ..bus.transport import Bus
 from ..core.errors import ConfigError, UndecodableMessageError
@@ -74,23 +75,14 @@ class Watcher:
 
     def recover(self) -> int:
         """Learn from the arrivals topic what this watcher already published."""
-        ends = {p: end for p, end in self.bus.end_offsets(RAW_ARRIVALS.name).items() if end}
-        consumer = self.bus.consumer(f"watcher-recover-{uuid.uuid4().hex}", [RAW_ARRIVALS.name])
-        reached: dict[int, int] = {}
-        try:
-            # Read until every partition is at the end it had when we started (offsets, not
-            # message counts: a topic may not start at offset 0).
-            while any(reached.get(p, 0) < end for p, end in ends.items()):
-                for d in consumer.poll(0.5, 5000):
-                    reached[d.partition] = d.offset + 1
-                    try:
-                        value = codec.decode(d.value).value
-                    except UndecodableMessageError:
-                        continue  # not ours to publish again; the services dead-letter it
-                    if value["watcher"] == self.watcher_id:
-                        self._published.add((value["path"], value["size"], value["mtime_ns"]))
-        finally:
-            consumer.close()
+        group = f"watcher-recover-{uuid.uuid4().hex}"
+        for d in read_to_end(self.bus, [RAW_ARRIVALS.name], group):
+            try:
+                value = codec.decode(d.value).value
+            except UndecodableMessageError:
+                continue  # not ours to publish again; the services dead-letter it
+            if value["watcher"] == self.watcher_id:
+                self._published.add((value["path"], value["size"], value["mtime_ns"]))
         log.info("watcher recovered", watcher=self.watcher_id, published=len(self._published))
         return len(self._published)
 
