@@ -313,3 +313,19 @@ def test_the_memory_is_bounded(repo: Butler) -> None:
         known.remember(key)
     assert len(known) == 3
     assert [k for k in keys if known.exists(k)] == [keys[0], keys[3], keys[4]]
+
+
+def test_one_batch_records_devices_in_time_order_whatever_order_its_files_come_in(
+    repo: Butler, reference: Butler, tmp_path: Path
+) -> None:
+    first = commands(repo, exposure_files(tmp_path, 1, range(3)))
+    swapped = commands(repo, exposure_files(tmp_path, 2, range(3), NEW_SERIAL))
+    back = commands(repo, exposure_files(tmp_path, 3, range(3)))  # the old device again
+    in_order = RegistryHandler(repo.registry, "t")
+    got = [o for batch in (first, swapped, back) for o in apply(in_order, batch)]
+    expected = apply(RegistryHandler(reference.registry, "t"), back + first + swapped)
+    assert sum(len(o["swaps"]) for o in got) == 2  # the new device, then the old one again
+    assert sorted(s["new_serial"] for o in expected for s in o["swaps"]) == sorted(
+        s["new_serial"] for o in got for s in o["swaps"]
+    )
+    assert canonical_dump(repo.registry) == canonical_dump(reference.registry)

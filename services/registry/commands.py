@@ -188,7 +188,10 @@ class IngestApplier:
         for cmd, result in zip(cmds, results, strict=True):
             for inst in cmd.installations:
                 by_time.setdefault((inst.instrument, inst.since_ns), []).append((inst, result))
-        for (instrument, since), group in by_time.items():
+        # In time order, whatever order the batch's files came in: a device recorded at a
+        # later exposure first would be taken for one seen out of order ("moved" earlier), and
+        # a device that comes back to its slot would be lost.
+        for (instrument, since), group in sorted(by_time.items(), key=lambda kv: kv[0]):
             installed = self.installed.get(instrument, since)
             if installed is None:  # every slot: the exposure's next batches name the others
                 installed = registry.installed_detectors(instrument, None, since)
