@@ -124,7 +124,7 @@ def _decided(f: FileTimes) -> int | None:
 STAGES: tuple[
     tuple[str, Callable[[FileTimes], int | None], Callable[[FileTimes], int | None]], ...
 ] = (
-    ("landing->detected (watcher: scan + settle)", lambda f: f.landed, lambda f: f.detected),
+    ("landing->detected (watcher)", lambda f: f.landed, lambda f: f.detected),
     ("file written (mtime)->detected", lambda f: f.mtime, lambda f: f.detected),
     (
         "detected->ingested (arrivals queue + ingest handler)",

@@ -27,7 +27,7 @@ What it does:
    only outcomes during the run), and every file's latency is taken to its IngestOutcome's
    ``finished_at_ns``.
 5. The ingest and registry handlers in-process, on 205 files each, timed and under cProfile,
-   and the watcher's steady-state scan cost (see ``--no-profile``).
+   and the watcher's cost per landed file in scan mode (see ``--no-profile``).
 
 Every process started is stopped by its pid (SIGTERM, SIGKILL after 15 s); temporary folders
 are removed and the namespace's topics deleted (unless ``--keep-topics``). See bench/README.md.
