@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy
+from structlog.testing import capture_logs
 
 from services.bus import codec
 from services.bus.messages import registry_command
@@ -275,7 +276,9 @@ def test_records_of_a_rejected_command_are_written_by_the_next(
     assert canonical_dump(repo.registry) == canonical_dump(reference.registry)
 
 
-@pytest.mark.parametrize("where", ["this process", "another process, then a chain command"])
+@pytest.mark.parametrize(
+    "where", ["this process", "another process", "another process, then a chain command"]
+)
 def test_a_record_update_between_batches_is_honoured(
     repo: Butler, tmp_path: Path, where: str
 ) -> None:
@@ -287,13 +290,17 @@ def test_a_record_update_between_batches_is_honoured(
     if where == "this process":
         repo.registry.update_dimension_record("exposure", corrected, reason="header fixed")
     else:
-        # A correction written elsewhere is seen after any command but raw ingest.
+        # A correction written elsewhere: the write generation moved on without the service.
         with Butler.open(repo.root, actor="pytest") as other:
             other.registry.update_dimension_record("exposure", corrected, reason="header fixed")
-        chain = registry_command(SetChain("SimCam/defaults", ("SimCam/raw/all",)), "pytest")
-        handler([incoming(chain)])
-    # The next file still carries the old value: it conflicts with the corrected record.
-    assert results(apply(handler, [values[2]])) == [("failed", "record_conflict")]
+    with capture_logs() as logs:
+        if where.endswith("chain command"):  # ... and a command that is not raw ingest
+            chain = registry_command(SetChain("SimCam/defaults", ("SimCam/raw/all",)), "pytest")
+            handler([incoming(chain)])
+        # The next file still carries the old value: it conflicts with the corrected record.
+        assert results(apply(handler, [values[2]])) == [("failed", "record_conflict")]
+    warned = [e["when"] for e in logs if e["event"] == "another writer committed to the registry"]
+    assert warned == ([] if where == "this process" else ["since the last batch"])
     fixed = forged(values[3])
     set_record_field(fixed, "exposure", "dark_time", 42.0)
     assert results(apply(handler, [fixed])) == [("ingested", None)]
@@ -301,6 +308,38 @@ def test_a_record_update_between_batches_is_honoured(
     assert exposure["dark_time"] == 42.0
     audit = repo.registry.record_audit("exposure")
     assert [(a["field"], a["reason"]) for a in audit] == [("dark_time", "header fixed")]
+
+
+def test_a_commit_by_another_writer_during_a_batch_is_honoured(
+    repo: Butler, tmp_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite lets one writer at a time: no commit can happen during a batch")
+    values = commands(repo, exposure_files(tmp_path, 1, range(3)))
+    handler = RegistryHandler(repo.registry, "t")
+    assert results(apply(handler, values[:2])) == [("ingested", None)] * 2
+    (exposure,) = repo.registry.query_dimension_records("exposure")
+    real = handler.applier.apply_many
+    attempts = []
+
+    def correct_meanwhile(cmds: Any) -> Any:
+        # Another process commits a correction after the batch began, before it syncs.
+        if not attempts:
+            with Butler.open(repo.root, actor="pytest") as other:
+                corrected = {**exposure, "dark_time": 42.0}
+                other.registry.update_dimension_record("exposure", corrected, reason="fixed")
+        attempts.append(len(cmds))
+        return real(cmds)
+
+    monkeypatch.setattr(handler.applier, "apply_many", correct_meanwhile)
+    # Remembered, the exposure record as this file carries it looked current: the batch is
+    # applied again without the memory, and the file conflicts with the correction.
+    with capture_logs() as logs:
+        assert results(apply(handler, [values[2]])) == [("failed", "record_conflict")]
+    assert attempts == [1, 1]
+    warned = [e["when"] for e in logs if e["event"] == "another writer committed to the registry"]
+    assert warned == ["while a batch was applied"]
+    assert len(repo.registry.query_datasets("raw", ["SimCam/raw/all"])) == 2
 
 
 def test_the_memory_is_bounded(repo: Butler) -> None:

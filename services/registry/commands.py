@@ -92,8 +92,8 @@ class IngestApplier:
     An exposure's 205 files each carry the same exposure records: syncing them once instead
     of once per file is most of the registry's speed. What it remembers (records, data ID
     values and who sat in which slot; see known.py) is dropped by ``forget`` (a rollback),
-    ``forget_records`` and ``new_batch``; the registry service, the only writer, keeps it
-    from one batch to the next (see RegistryHandler).
+    ``forget_records`` and ``new_batch``; the registry service keeps it from one batch to
+    the next while no one else writes (see RegistryHandler).
     """
 
     def __init__(self, registry: Registry) -> None:
@@ -118,8 +118,9 @@ class IngestApplier:
         self.forget_records()
 
     def new_batch(self) -> None:
-        """Call at the start of each transaction unless this process is the registry's only
-        writer: another writer may have changed records in between."""
+        """Call at the start of each transaction unless this process knows no one else wrote
+        since its last (the registry service: the write generation): another writer may have
+        changed records in between."""
         self.forget_records()
 
     def forget_records(self) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from ..core.errors import DatabaseError, DatabaseUnavailableError
+from . import generation
 
 # SQLSTATE codes we react to (classified by code, never by message text).
 PG_EXCLUSION_VIOLATION = "23P01"
@@ -74,6 +75,12 @@ class Database:
         self.engine = engine
         self._local = threading.local()
         self._rollback_hooks: list[Callable[[], None]] = []
+        # Whether write transactions move the write generation on (generation.py): set by
+        # the Registry, whose schema has it; not while a schema is created or migrated.
+        self.count_writes = False
+        # The write generation this process's last committed write transaction left; None
+        # before its first.
+        self.last_generation: int | None = None
 
     def on_rollback(self, hook: Callable[[], None]) -> None:
         """Call ``hook`` whenever a transaction is rolled back.
@@ -97,9 +104,12 @@ class Database:
             if write and self.dialect == "sqlite":
                 conn = conn.execution_options(sqlite_begin="IMMEDIATE")
             self._local.conn = conn
+            self._local.generation = None
             try:
                 with conn.begin():
                     yield conn
+                    if write and self.count_writes:
+                        self.bump_generation(conn)
             except BaseException as err:
                 for hook in self._rollback_hooks:
                     hook()
@@ -108,8 +118,22 @@ class Database:
                 if isinstance(err, sqlalchemy.exc.DBAPIError):
                     raise DatabaseError(_one_line(err)) from err
                 raise
+            else:
+                if self._local.generation is not None:
+                    self.last_generation = self._local.generation
             finally:
                 self._local.conn = None
+
+    def bump_generation(self, conn: Connection) -> int:
+        """Move the write generation on, once per write transaction; returns the new value.
+
+        Every write transaction does so just before it commits; one that must know whether
+        another writer committed while it ran calls this itself at its end (the value
+        before, ``bump - 1``, is then the last other commit's).
+        """
+        if self._local.generation is None:
+            self._local.generation = generation.bump(conn)
+        return int(self._local.generation)
 
     def _connect(self) -> Connection:
         try:

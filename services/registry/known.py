@@ -16,8 +16,10 @@ is true when it is made, and records are never deleted, so it stays true until:
   sat where) counts its calls, and an entry made before one is dropped; the registry service
   also clears it after every command but raw ingest (``IngestApplier.forget_records``).
 
-Only a process that is the registry's only writer may keep it across transactions (another
-writer's update would not be seen): ``obsbus ingest-raws`` clears it at each transaction.
+Kept across transactions, it must also be dropped when another process has written: the
+registry service compares the write generation (generation.py) with its own last commit's at
+the start of each batch, and again at its end (a commit made while the batch ran).
+``obsbus ingest-raws`` simply clears it at each transaction.
 """
 
 from __future__ import annotations

@@ -65,6 +65,7 @@ class Registry:
         self.datasets = DatasetManager(universe, tables)
         self.calibs = CalibrationManager(tables)
         self.installations = InstallationManager(self.records)
+        db.count_writes = True  # the schema is at head (create, open): it has the generation
         db.on_rollback(self.datasets.forget)
         db.on_rollback(self.collections.forget)
 

@@ -215,6 +215,14 @@ def _add_core_tables(md: MetaData, universe: DimensionUniverse) -> None:
         # (migration 0003).
         Index("bus_processed_message", "consumer_group", "message_id"),
     )
+    # One row: the write generation, moved on by every write transaction (generation.py;
+    # migration 0004).
+    Table(
+        "registry_generation",
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("generation", BigInteger, nullable=False),
+    )
     Table(
         "record_audit",
         md,

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import structlog
 from sqlalchemy import select, tuple_
 
 from ..bus.messages import command_from
@@ -24,12 +25,31 @@ from ..core.errors import ObsbusError
 from ..core.timespan import now_ns
 from ..ingest.raws import IngestOutcome
 from ..ingest.service import exposure_key, outcome_value
+from . import generation
 from .changes import ChangeSet
 from .clock import changes_made_at
 from .commands import Certify, Decertify, IngestApplier, IngestRaw, IngestResult, apply_command
 from .registry import Registry
 from .schema import build_metadata
 from .suites import CertifySuite
+
+log = structlog.get_logger(__name__)
+
+
+class _AnotherWriterError(Exception):
+    """Another writer committed while a batch was applied: roll it back, apply it again.
+
+    Control flow inside the handler only; never reaches a user."""
+
+
+def _another_writer(group: str, when: str) -> None:
+    log.warning(
+        "another writer committed to the registry",
+        when=when,
+        group=group,
+        consequence="what the service remembered of the database is forgotten; the change is "
+        "not on the command topic, so a replay will not reproduce it",
+    )
 
 
 class RegistryHandler:
@@ -40,12 +60,29 @@ class RegistryHandler:
         self._processed = build_metadata(registry.universe).tables["bus_processed"]
 
     def __call__(self, batch: Sequence[Incoming]) -> list[Outgoing]:
+        try:
+            return self._apply_batch(batch, strict=True)
+        except _AnotherWriterError:
+            # Rolled back, and the applier forgot: applied again, it uses only what it reads
+            # in its own transaction, as any writer does (so a writer that never stops
+            # cannot keep it from going on).
+            _another_writer(self.group, "while a batch was applied")
+            return self._apply_batch(batch, strict=False)
+
+    def _apply_batch(self, batch: Sequence[Incoming], *, strict: bool) -> list[Outgoing]:
         produced: dict[int, list[Outgoing]] = {}
+        db = self.registry.db
         with self.registry.transaction() as conn:
-            # No applier.new_batch(): as the only writer, what the applier knows the database
-            # holds stays true from one batch to the next, so an exposure's records are
-            # synced once, not again in each of its small batches. It forgets on a rollback
-            # and after every command but raw ingest (see _apply).
+            # What the applier knows the database holds stays true from one batch to the
+            # next while no one else writes, so an exposure's records are synced once, not
+            # again in each of its small batches. It forgets on a rollback, after every
+            # command but raw ingest (see _apply), and when the write generation shows that
+            # another writer committed since this service's last batch (generation.py).
+            start = generation.current(conn)
+            if start != db.last_generation:
+                if db.last_generation is not None and strict:  # (not again when retried)
+                    _another_writer(self.group, "since the last batch")
+                self.applier.forget()
             done = self._already_processed(conn, batch)
             todo, stale = [], []
             for i, item in enumerate(batch):
@@ -91,6 +128,13 @@ class RegistryHandler:
             ]
             if rows:
                 conn.execute(self._processed.insert(), rows)
+            # A commit by another writer while this batch ran (PostgreSQL; SQLite lets one
+            # writer at a time) may have made what the applier remembered untrue.
+            interleaved = db.bump_generation(conn) - 1 != start
+            if interleaved and strict:
+                raise _AnotherWriterError
+        if interleaved:
+            self.applier.forget()
         return [out for i in range(len(batch)) for out in produced[i]]
 
     def _in_savepoint(self, conn: Any, item: Incoming) -> list[Outgoing]:

@@ -17,7 +17,7 @@ depends_on = None
 
 UNIVERSE_VERSION = 1
 # Tables that later revisions add; the initial schema is everything else.
-ADDED_LATER = {"bus_processed"}
+ADDED_LATER = {"bus_processed", "registry_generation"}
 
 
 def upgrade() -> None:
