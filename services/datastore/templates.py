@@ -71,6 +71,7 @@ class PathTemplate:
                 )
         # Data ID keys the template places; any others go into the file name.
         self.fields = frozenset(f.name for f in fields) - RESERVED_FIELDS
+        self._plans: dict[frozenset[str], tuple[str | _Field, ...]] = {}
 
     def __repr__(self) -> str:
         return f"PathTemplate({self.template!r})"
@@ -83,27 +84,22 @@ class PathTemplate:
                 f"data ID key(s) {', '.join(sorted(clash))} clash with template fields; "
                 "rename the dimension"
             )
-        pieces: list[_Piece] = []
-        for token in self._tokens:
-            if isinstance(token, str):
-                pieces.extend(_Piece("lit", char) for char in token)
-            elif token.name == "run":
+        present = frozenset(data_id.keys() & self.fields)
+        plan = self._plans.get(present)
+        if plan is None:
+            plan = self._plans[present] = self._plan(present, data_id)
+        parts = []
+        for part in plan:
+            if isinstance(part, str):
+                parts.append(part)
+            elif part.name == "run":
                 # Only the run keeps its '/' (nested run names become directories).
-                pieces.append(_Piece("text", "/".join(sanitize(p) for p in run.split("/"))))
-            elif token.name == "dataset_type":
-                pieces.append(_Piece("text", sanitize(dataset_type)))
-            elif token.name in data_id:
-                pieces.append(_Piece("text", sanitize(data_id[token.name])))
-            elif token.optional:
-                pieces.append(_Piece("drop"))
+                parts.append("/".join(sanitize(p) for p in run.split("/")))
+            elif part.name == "dataset_type":
+                parts.append(sanitize(dataset_type))
             else:
-                have = ", ".join(sorted(data_id)) or "none"
-                raise DatastoreError(
-                    f"path template {self.template!r} needs data ID key {token.name!r} "
-                    f"(data ID has: {have}); mark it optional with {{{token.name}:?}}"
-                )
-        _drop_optional(pieces)
-        path = "".join(p.text for p in pieces if p.kind in ("lit", "text"))
+                parts.append(sanitize(data_id[part.name]))
+        path = "".join(parts)
         extra = sorted(data_id.keys() - self.fields)
         if extra:
             path += "".join(f"_{sanitize(k)}-{sanitize(data_id[k])}" for k in extra)
@@ -114,6 +110,41 @@ class PathTemplate:
                     f"(run {run!r}, data ID {dict(data_id)!r})"
                 )
         return path
+
+    def _plan(
+        self, present: frozenset[str], data_id: Mapping[str, str | int]
+    ) -> tuple[str | _Field, ...]:
+        """The template for data IDs with exactly the ``present`` keys it names: literal text
+        and the fields to fill, absent optional fields dropped with their separator. (Which
+        separators go depends only on which fields are present, so it is worked out once.)
+        """
+        pieces: list[_Piece] = []
+        fields: dict[int, _Field] = {}  # piece index -> the field it stands for
+        for token in self._tokens:
+            if isinstance(token, str):
+                pieces.extend(_Piece("lit", char) for char in token)
+            elif token.name in RESERVED_FIELDS or token.name in present:
+                fields[len(pieces)] = token
+                pieces.append(_Piece("text"))
+            elif token.optional:
+                pieces.append(_Piece("drop"))
+            else:
+                have = ", ".join(sorted(data_id)) or "none"
+                raise DatastoreError(
+                    f"path template {self.template!r} needs data ID key {token.name!r} "
+                    f"(data ID has: {have}); mark it optional with {{{token.name}:?}}"
+                )
+        _drop_optional(pieces)
+        plan: list[str | _Field] = []
+        for index, piece in enumerate(pieces):
+            if piece.kind == "text":
+                plan.append(fields[index])
+            elif piece.kind == "lit":
+                if plan and isinstance(plan[-1], str):
+                    plan[-1] += piece.text
+                else:
+                    plan.append(piece.text)
+        return tuple(plan)
 
 
 def _parse(template: str) -> list[str | _Field]:

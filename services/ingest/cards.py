@@ -131,7 +131,8 @@ def parse_cards(text: str) -> tuple[FitsHeader, dict[str, str]]:
 def _keep(
     values: FitsHeader, images: dict[str, str], keyword: str, card: str | None, value: Any
 ) -> None:
-    if keyword in values or keyword in values.unreadable:
+    # (dict's own lookup: the keyword is normal already, FitsHeader's "in" would normalise it)
+    if dict.__contains__(values, keyword) or keyword in values.unreadable:
         return  # a repeated keyword: the first card counts, as in astropy
     if isinstance(value, _Unreadable):
         values.unreadable[keyword] = value.card
