@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _bus_common import log
+from _bus_common import PROJECT_ROOT, log
 
 from services.bus import codec
 from services.bus.runner import Incoming, Outgoing
@@ -28,9 +28,6 @@ from services.ingest.watcher import Watcher
 from services.instruments import load_instrument
 from services.instruments.simcam import write_exposure
 from services.registry.service import RegistryHandler
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
 
 # --- in-process profile of the handlers -----------------------------------------------------
 

@@ -50,7 +50,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _bus_common import log
+from _bus_common import KAFKA_SCRIPT, PROJECT_ROOT, broker_address, delete_topics, log
 from _bus_follow import Tracker
 from _bus_profile import profile_handlers
 from _bus_report import Burst, arrivals_partition, report
@@ -67,29 +67,12 @@ from services.instruments.simcam import write_exposure
 from services.instruments.simcam.generator import day_obs_of, raw_path, to_tai
 from services.instruments.simcam.instrument import DETECTORS
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-KAFKA_SCRIPT = PROJECT_ROOT / "deploy" / "kafka.sh"
 WARM_UP_DETECTORS = (0, 1)
 WARM_UP_FIRST_SEQ = 90_000  # warm-up exposures' SEQNUMs (the bursts use 1..K)
 STOP_GRACE_S = 15.0
 
 
 # --- the broker and the machine -------------------------------------------------------------
-
-
-def broker_address() -> str:
-    """OBSBUS_KAFKA_BOOTSTRAP, else the local broker of deploy/kafka.sh (which must run)."""
-    configured = os.environ.get("OBSBUS_KAFKA_BOOTSTRAP")
-    if configured:
-        return configured
-    script = ["bash", str(KAFKA_SCRIPT)]
-    if subprocess.run([*script, "status"], capture_output=True).returncode != 0:
-        raise SystemExit(
-            "bus_bench: no local Kafka broker; start it with `bash deploy/kafka.sh start` "
-            "(or set OBSBUS_KAFKA_BOOTSTRAP)"
-        )
-    address = subprocess.run([*script, "bootstrap"], capture_output=True, text=True, check=True)
-    return address.stdout.strip()
 
 
 def broker_pid() -> int | None:
@@ -393,20 +376,6 @@ def measure(
     log(f"load average (1 min) after the bursts: {load_1min():.2f}")
     if tracker.dead_letters:
         log(f"dead letters: {tracker.dead_letters}")
-
-
-def delete_topics(bootstrap: str, names: list[str]) -> None:
-    """Remove this run's namespaced topics (nobody else uses the namespace)."""
-    from kafka import KafkaAdminClient
-
-    try:
-        client = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="obsbus-bus-bench")
-        try:
-            client.delete_topics(names, timeout_ms=30_000)
-        finally:
-            client.close()
-    except Exception as err:  # cleanup only: say so and go on
-        log(f"could not delete the bench topics ({type(err).__name__}: {err})")
 
 
 # --- main -------------------------------------------------------------------------------------
