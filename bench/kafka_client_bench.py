@@ -46,6 +46,20 @@ def cpu_per_message(messages: int, run: Callable[[], None]) -> float:
     return 1e6 * (time.process_time() - started) / messages
 
 
+def consume_cpu(messages: int, take: Callable[[], int], client: str) -> float:
+    """µs of CPU per message to consume ``messages`` by calls of ``take`` (how many it got)."""
+
+    def consume() -> None:
+        left = messages
+        while left > 0:
+            got = take()
+            if not got:
+                raise SystemExit(f"{client} consumer: no message for 5 s")
+            left -= got
+
+    return cpu_per_message(messages, consume)
+
+
 def keys(messages: int) -> list[bytes]:
     """One key per 205 messages, as an exposure's files (one partition per exposure)."""
     return [f"SimCam/{i // 205}".encode() for i in range(messages)]
@@ -72,16 +86,8 @@ def kafka_python(bootstrap: str, topic: str, args: argparse.Namespace) -> tuple[
         try:
             first = consumer.poll(10.0, args.batch)  # joins the group, untimed
             left = total - len(first)
-
-            def consume() -> None:
-                nonlocal left
-                while left > 0:
-                    got = consumer.poll(5.0, args.batch)
-                    if not got:
-                        raise SystemExit("kafka-python consumer: no message for 5 s")
-                    left -= len(got)
-
-            consumed = cpu_per_message(left, consume)
+            poll = consumer.poll
+            consumed = consume_cpu(left, lambda: len(poll(5.0, args.batch)), "kafka-python")
         finally:
             consumer.close()
     finally:
@@ -126,16 +132,9 @@ def librdkafka(bootstrap: str, topic: str, args: argparse.Namespace) -> tuple[fl
         deadline = time.monotonic() + 10.0
         while left == total and time.monotonic() < deadline:  # joins the group, untimed
             left -= len(consumer.consume(num_messages=args.batch, timeout=1.0))
-
-        def consume() -> None:
-            nonlocal left
-            while left > 0:
-                got = consumer.consume(num_messages=args.batch, timeout=5.0)
-                if not got:
-                    raise SystemExit("confluent-kafka consumer: no message for 5 s")
-                left -= len(got)
-
-        consumed = cpu_per_message(left, consume)
+        consumed = consume_cpu(
+            left, lambda: len(consumer.consume(num_messages=args.batch, timeout=5.0)), "librdkafka"
+        )
     finally:
         consumer.close()
     return produced, consumed
