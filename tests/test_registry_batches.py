@@ -30,6 +30,8 @@ from services.core.errors import DatabaseUnavailableError
 from services.ingest.service import IngestHandler
 from services.instruments.simcam import SimCam, write_exposure
 from services.instruments.simcam.instrument import DETECTORS
+from services.registry import generation
+from services.registry.collections import CollectionType
 from services.registry.commands import SetChain
 from services.registry.dump import canonical_dump
 from services.registry.known import KnownRecords
@@ -368,3 +370,21 @@ def test_one_batch_records_devices_in_time_order_whatever_order_its_files_come_i
         s["new_serial"] for o in got for s in o["swaps"]
     )
     assert canonical_dump(repo.registry) == canonical_dump(reference.registry)
+
+
+def test_only_registry_writes_move_the_write_generation(repo: Butler) -> None:
+    db = repo.registry.db
+
+    def now() -> int:
+        with db.transaction(write=False) as conn:
+            return generation.current(conn)
+
+    before = now()
+    canonical_dump(repo.registry)  # reads: a dump is no other writer to the service
+    repo.registry.query_dimension_records("exposure")
+    assert now() == before
+    with db.transaction(write=False):  # a write joining a read-only transaction counts
+        repo.registry.register_collection("u/someone/run", CollectionType.RUN)
+    assert now() == db.last_generation == before + 1
+    with repo.registry.transaction(), pytest.raises(RuntimeError, match="owns its batch"):
+        RegistryHandler(repo.registry, "t")([])

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from services.butler import Butler
 from services.core.errors import RepoExistsError, RepoNotFoundError, SchemaVersionError
 from services.registry import versioning
+from services.registry.collections import CollectionType
 
 
 def _stamp(butler: Butler, revision: str | None) -> None:
@@ -64,3 +65,6 @@ def test_older_schema_is_refused_until_migrated(empty_butler: Butler) -> None:
     assert main(["migrate", str(empty_butler.root)]) == 0
     with Butler.open(empty_butler.root) as again:
         assert again.registry.query_collections() == []
+        # A write works: migration 0004 made the write generation's row.
+        assert again.registry.register_collection("u/test", CollectionType.RUN)
+        assert again.registry.db.last_generation == 1

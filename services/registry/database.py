@@ -98,6 +98,8 @@ class Database:
     def transaction(self, *, write: bool = True) -> Iterator[Connection]:
         current: Connection | None = getattr(self._local, "conn", None)
         if current is not None:
+            if write:  # a write joining a read-only transaction makes it a write
+                self._local.wrote = True
             yield current
             return
         with self._connect() as conn:
@@ -105,10 +107,11 @@ class Database:
                 conn = conn.execution_options(sqlite_begin="IMMEDIATE")
             self._local.conn = conn
             self._local.generation = None
+            self._local.wrote = write
             try:
                 with conn.begin():
                     yield conn
-                    if write and self.count_writes:
+                    if self._local.wrote and self.count_writes:
                         self.bump_generation(conn)
             except BaseException as err:
                 for hook in self._rollback_hooks:
@@ -123,6 +126,11 @@ class Database:
                     self.last_generation = self._local.generation
             finally:
                 self._local.conn = None
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether this thread is inside a transaction (a new one would join it)."""
+        return getattr(self._local, "conn", None) is not None
 
     def bump_generation(self, conn: Connection) -> int:
         """Move the write generation on, once per write transaction; returns the new value.

@@ -60,7 +60,7 @@ def canonical_dump(registry: Registry, history: bool = False) -> dict[str, list[
     tables = build_metadata(registry.universe).tables
     dropped = VOLATILE - HISTORY if history else VOLATILE
     out: dict[str, list[dict[str, Any]]] = {}
-    with registry.transaction() as conn:
+    with registry.db.transaction(write=False) as conn:  # one snapshot; a dump is no write
         names = {
             table: dict(conn.execute(select(tables[table].c.id, tables[table].c.name)).all())
             for table in ("collection", "dataset_type")

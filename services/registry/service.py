@@ -47,8 +47,8 @@ def _another_writer(group: str, when: str) -> None:
         "another writer committed to the registry",
         when=when,
         group=group,
-        consequence="what the service remembered of the database is forgotten; the change is "
-        "not on the command topic, so a replay will not reproduce it",
+        consequence="what the service remembered of the database is forgotten; unless it "
+        "came through the registry-command topic, a replay will not reproduce the change",
     )
 
 
@@ -60,6 +60,8 @@ class RegistryHandler:
         self._processed = build_metadata(registry.universe).tables["bus_processed"]
 
     def __call__(self, batch: Sequence[Incoming]) -> list[Outgoing]:
+        if self.registry.db.in_transaction:  # a programming error, never a user's
+            raise RuntimeError("RegistryHandler owns its batch's transaction: call it outside one")
         try:
             return self._apply_batch(batch, strict=True)
         except _AnotherWriterError:
