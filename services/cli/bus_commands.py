@@ -152,7 +152,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     run_dir = runfiles.run_dir(args.repo)
     stop = threading.Event()
     if args.service == "registry":
-        # The only writer: it remembers what the database holds between batches.
+        # The only writer: the one whose command topic a replay rebuilds the registry from,
+        # and the one the CLI's writes are sent to while it runs.
         running = runfiles.service_pid(args.repo, "registry")
         if running is not None and running != os.getpid():
             raise ConfigError(
