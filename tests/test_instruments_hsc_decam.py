@@ -21,6 +21,7 @@ from services.ingest.fitsfile import read_hdus
 from services.ingest.raws import RawIngester
 from services.instruments import Instrument, load_instrument
 from services.instruments.decam import DarkEnergyCamera, DecamRawFormatter
+from tests.support import headers as hdrs
 from services.instruments.hsc import (
     HscCornerRawFormatter,
     HscRawFormatter,
@@ -29,7 +30,7 @@ from services.instruments.hsc import (
 
 iers.conf.auto_download = False  # no network in tests
 
-HEADERS = Path("/work/shared/testdata/real-headers")
+HEADERS = hdrs.header_dir()
 REAL_HEADERS = [
     "fitsheader-hsc.yaml",
     "fitsheader-hsc-HSCA04090107.yaml",
