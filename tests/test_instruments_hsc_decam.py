@@ -21,12 +21,12 @@ from services.ingest.fitsfile import read_hdus
 from services.ingest.raws import RawIngester
 from services.instruments import Instrument, load_instrument
 from services.instruments.decam import DarkEnergyCamera, DecamRawFormatter
-from tests.support import headers as hdrs
 from services.instruments.hsc import (
     HscCornerRawFormatter,
     HscRawFormatter,
     HyperSuprimeCam,
 )
+from tests.support import headers as hdrs
 
 iers.conf.auto_download = False  # no network in tests
 
