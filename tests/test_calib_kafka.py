@@ -26,8 +26,8 @@ from services.instruments.simcam import write_exposure
 from services.registry.datasets import DatasetType
 from services.registry.dump import canonical_dump
 from tests.conftest import REPO_ROOT
+from tests.support.services import Services, kafka_bootstrap
 from tests.test_readme import console_block, kafka_env, run
-from tests.test_services_kafka import Services, kafka_bootstrap
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -32,8 +32,8 @@ from services.instruments.simcam.instrument import DETECTORS
 from services.registry.datasets import DatasetType
 from tests.conftest import REPO_ROOT
 from tests.support.cli import db_args, run_script
+from tests.support.services import Services, kafka_bootstrap
 from tests.test_readme import console_block, run
-from tests.test_services_kafka import Services, kafka_bootstrap
 
 SHIPPED = default_source(SimCam)
 CAMERA_DIR = Path("SimCam/camera")

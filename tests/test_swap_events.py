@@ -24,7 +24,7 @@ from services.butler import Butler
 from services.instruments.simcam import SimCam, write_exposure
 from services.instruments.simcam.instrument import DETECTORS
 from tests.support.cli import obsbus_script
-from tests.test_services_kafka import Services, kafka_bootstrap
+from tests.support.services import Services, kafka_bootstrap
 
 pytestmark = pytest.mark.timeout(900)
 

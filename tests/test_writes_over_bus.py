@@ -24,7 +24,7 @@ from services.registry.datasets import DatasetType
 from services.registry.dump import canonical_dump
 from services.writes import BusWrites
 from tests.conftest import REPO_ROOT
-from tests.test_services_kafka import Services, kafka_bootstrap
+from tests.support.services import Services, kafka_bootstrap
 
 pytestmark = pytest.mark.timeout(600)
 
