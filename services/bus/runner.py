@@ -71,6 +71,7 @@ class Counters:
     dead_lettered: int = 0
     retried: int = 0
     lag: int = 0
+    last_message_ns: int = 0  # when a message was last handled (TAI ns; 0: none yet)
     # Seconds spent so far in each part of the loop: where a slow service waits.
     handle_s: float = 0.0
     produce_s: float = 0.0
@@ -153,6 +154,7 @@ class ServiceLoop:
         self.counters.produce_s += time.perf_counter() - handled
         self._uncommitted.extend(deliveries)
         self.counters.consumed += len(deliveries)
+        self.counters.last_message_ns = now_ns()
         self.counters.produced += len(outputs)
         caught_up = len(deliveries) < self.max_records
         if caught_up or time.monotonic() - self._last_commit >= self.commit_every_s:

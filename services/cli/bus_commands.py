@@ -21,6 +21,7 @@ from ..core import runfiles
 from ..core.dimensions import parse_data_id_args
 from ..core.errors import ConfigError
 from ..core.timespan import Timespan, ns_to_iso
+from . import supervisor
 from . import up as up_mod
 
 Sub = Any
@@ -78,6 +79,23 @@ def add_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
         help="stop once every landed file has an outcome (with --simulate)",
     )
     p.set_defaults(func=up_mod.cmd_up)
+
+    p = sub.add_parser(
+        "supervise",
+        parents=[common],
+        help="keep a repository's services running (what `up` starts; restarts with backoff)",
+    )
+    p.add_argument("repo", type=Path)
+    p.add_argument("--watch", type=Path, required=True, help="landing folder (watcher)")
+    p.add_argument("--services", nargs="+", default=list(up_mod.SERVICE_NAMES))
+    p.add_argument("--bootstrap", help="the broker's address (for status)")
+    p.add_argument(
+        "--broker-started",
+        action="store_true",
+        help="the local broker was started for these services: restart it if it dies, "
+        "stop it at the end",
+    )
+    p.set_defaults(func=supervisor.cmd_supervise)
 
     p = sub.add_parser("down", parents=[common], help="stop what `obsbus up --detach` started")
     p.add_argument("repo", type=Path)

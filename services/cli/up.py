@@ -1,6 +1,7 @@
 """`obsbus up/down/status`: the broker, the four services as processes, and a simulated night.
 
-Each service runs as its own process (`obsbus serve SERVICE REPO`); their pids, logs and
+Each service runs as its own process (`obsbus serve SERVICE REPO`), kept running by a
+supervisor process (`obsbus supervise`, see supervisor.py) that `up` starts; pids, logs and
 counters live under REPO/var/. `up` without --detach shows live progress and stops
 everything cleanly on Ctrl-C.
 """
@@ -11,6 +12,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -30,9 +32,9 @@ from ..butler import Butler
 from ..core.config import CONFIG_NAME
 from ..core.errors import BusError, ConfigError
 from ..core.runfiles import alive, run_dir
+from ..core.timespan import now_ns, ns_to_iso
+from .supervisor import KAFKA_SCRIPT, STATE_NAME, describe_exit
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-KAFKA_SCRIPT = PROJECT_ROOT / "deploy" / "kafka.sh"
 SERVICE_NAMES = ("registry", "calib", "ingest", "watcher")
 
 
@@ -121,58 +123,70 @@ def cmd_up(args: argparse.Namespace) -> int:
             for name in ("SimCam", "HSC", "DECam"):
                 load_instrument(name).register(butler.registry)
         print(f"created repository {repo} with SimCam, HSC and DECam", flush=True)
-    running = _recorded_pids(repo)
-    if any(alive(pid) for pid in running.values()):
-        raise ConfigError(
-            f"services already run for {repo} (pids {sorted(running.values())}); "
-            "`obsbus down REPO` stops them"
-        )
+    _refuse_if_running(repo)
     watch = (args.watch or repo / "landing").resolve()
     watch.mkdir(parents=True, exist_ok=True)
     started_broker = _start_broker()
-    procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         settings = KafkaSettings()
         ensure_topics(settings.resolved_bootstrap(), settings.topics(), settings.replication)
-        logs = repo / "var" / "log"
-        logs.mkdir(parents=True, exist_ok=True)
-        for name in SERVICE_NAMES:
-            argv = [sys.executable, "-m", "services.cli.main", "serve", name, str(repo)]
-            if name == "watcher":
-                argv += ["--watch", str(watch)]
-            with (logs / f"{name}.log").open("ab") as log:
-                procs[name] = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+        state = _start_supervisor(repo, watch, started_broker, settings.resolved_bootstrap())
     except BaseException:
-        for proc in procs.values():  # leave nothing running behind a failed start
-            proc.terminate()
-        if started_broker:
+        if started_broker:  # leave nothing running behind a failed start
             subprocess.run(["bash", str(KAFKA_SCRIPT), "stop"], capture_output=True)
         raise
-    (run_dir(repo) / "up.json").write_text(
-        json.dumps(
-            {
-                "pids": {n: p.pid for n, p in procs.items()},
-                "broker_started": started_broker,
-                "watch": str(watch),
-            }
-        )
-    )
+    pids = ", ".join(f"{n} pid {s['pid']}" for n, s in state["services"].items())
     print(
-        f"services started ({', '.join(f'{n} pid {p.pid}' for n, p in procs.items())}); "
-        f"watching {watch}; logs in {logs}",
+        f"services started ({pids}), supervised (pid {state['supervisor_pid']}); watching "
+        f"{watch}; logs in {repo / 'var' / 'log'}",
         flush=True,
     )
     if args.detach:
         return 0
     try:
-        return _follow(args, repo, watch, procs)
+        return _follow(args, repo, watch)
     finally:
         _stop(repo)
 
 
-def _follow(
-    args: argparse.Namespace, repo: Path, watch: Path, procs: dict[str, subprocess.Popen[bytes]]
-) -> int:
+def _refuse_if_running(repo: Path) -> None:
+    state = read_state(repo)
+    running = [pid for pid in _recorded_pids(state).values() if alive(pid)]
+    if _supervisor_alive(state) or running:
+        raise ConfigError(
+            f"services already run for {repo} (pids {sorted(running)}); "
+            "`obsbus down REPO` stops them"
+        )
+    (run_dir(repo) / STATE_NAME).unlink(missing_ok=True)  # left by a supervisor killed -9
+
+
+def _start_supervisor(
+    repo: Path, watch: Path, broker_started: bool, bootstrap: str, timeout_s: float = 60
+) -> dict[str, Any]:
+    """Start `obsbus supervise` in its own session; its state once every service runs."""
+    argv = [sys.executable, "-m", "services.cli.main", "supervise", str(repo)]
+    argv += ["--watch", str(watch), "--bootstrap", bootstrap]
+    argv += ["--broker-started"] if broker_started else []
+    logs = repo / "var" / "log"
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / "supervisor.log").open("ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = read_state(repo)
+        if state.get("supervisor_pid") == proc.pid and len(state["services"]) == len(SERVICE_NAMES):
+            return state
+        if proc.poll() is not None:
+            raise BusError(
+                f"the supervisor stopped at start ({describe_exit(proc.returncode)}); "
+                f"see {logs / 'supervisor.log'}"
+            )
+        time.sleep(0.1)
+    proc.kill()
+    raise BusError(f"the services did not start within {timeout_s:.0f} s; see {logs}")
+
+
+def _follow(args: argparse.Namespace, repo: Path, watch: Path) -> int:
     """Land the simulated night (if asked) and show progress until done or Ctrl-C."""
     settings = KafkaSettings()
     bus = settings.bus("obsbus-up")
@@ -186,14 +200,20 @@ def _follow(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     last_print = 0.0
+    reported: dict[str, tuple[int, str]] = {}
     try:
         while not stop.is_set():
             landed += simulator.step()
             for d in outcomes.poll(0.2, 1000):
                 counts[codec.decode(d.value).value["status"]] += 1
-            dead = [n for n, p in procs.items() if p.poll() is not None]
-            if dead:
-                raise BusError(f"service(s) {', '.join(dead)} stopped; see {repo}/var/log/")
+            state = read_state(repo)
+            for name, s in state.get("services", {}).items():
+                seen = (s["restarts"], s["state"])
+                if reported.get(name, (0, "running")) != seen:
+                    print(_restart_line(name, s), flush=True)
+                reported[name] = seen
+            if not _supervisor_alive(state):
+                raise BusError(f"the supervisor stopped; see {repo}/var/log/supervisor.log")
             if time.monotonic() - last_print > 1.0:
                 lag = sum(int(s.get("lag", 0)) for s in _statuses(repo).values())
                 print(
@@ -215,6 +235,14 @@ def _follow(
         outcomes.close()
         bus.close()
     return 0
+
+
+def _restart_line(name: str, s: dict[str, Any]) -> str:
+    if s["state"] == "failed":
+        return f"{name}: {s['reason']}"
+    if s["state"] == "backoff":
+        return f"{name} stopped ({s['last_exit']}); restarting (restart {s['restarts'] + 1})"
+    return f"{name} running again (pid {s['pid']}, restarts {s['restarts']})"
 
 
 class _Simulator:
@@ -242,10 +270,25 @@ class _Simulator:
         return len(files)
 
 
+def read_state(repo: Path) -> dict[str, Any]:
+    """What the supervisor last wrote (``up.json``), or {} when nothing was started."""
+    try:
+        state: dict[str, Any] = json.loads((run_dir(repo) / STATE_NAME).read_text())
+    except (OSError, ValueError):
+        state = {}
+    state.setdefault("services", {})
+    return state
+
+
+def _supervisor_alive(state: dict[str, Any]) -> bool:
+    pid = state.get("supervisor_pid")
+    return pid is not None and alive(int(pid), verb="supervise")
+
+
 def _statuses(repo: Path) -> dict[str, dict[str, Any]]:
     out = {}
     for path in run_dir(repo).glob("*.json"):
-        if path.name != "up.json":
+        if path.name != STATE_NAME:
             try:
                 out[path.stem] = json.loads(path.read_text())
             except (OSError, ValueError):
@@ -253,33 +296,34 @@ def _statuses(repo: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _recorded_pids(repo: Path) -> dict[str, int]:
-    state_file = run_dir(repo) / "up.json"
-    if not state_file.exists():
-        return {}
-    pids: dict[str, int] = json.loads(state_file.read_text())["pids"]
-    return pids
+def _recorded_pids(state: dict[str, Any]) -> dict[str, int]:
+    return {n: int(p) for n, p in state.get("pids", {}).items()}
 
 
 def _stop(repo: Path) -> list[str]:
-    state_file = run_dir(repo) / "up.json"
-    if not state_file.exists():
+    """Stop the supervisor (it stops the services, then the broker it started); whatever it
+    left running (it was killed -9, say) is stopped by its recorded pid."""
+    state = read_state(repo)
+    if "supervisor_pid" not in state:
         return []
-    state = json.loads(state_file.read_text())
-    pids: dict[str, int] = state["pids"]
-    for pid in pids.values():
-        if alive(pid):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(alive(p) for p in pids.values()):
-        time.sleep(0.1)
-    for pid in pids.values():
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
+    if _supervisor_alive(state):
+        _terminate([int(state["supervisor_pid"])], 40, verb="supervise")
+    _terminate([p for p in _recorded_pids(state).values() if alive(p)], 15)
     if state.get("broker_started"):
         subprocess.run(["bash", str(KAFKA_SCRIPT), "stop"], capture_output=True)
-    state_file.unlink()
-    return list(pids)
+    (run_dir(repo) / STATE_NAME).unlink(missing_ok=True)
+    return list(state["services"])
+
+
+def _terminate(pids: list[int], timeout_s: float, verb: str = "serve") -> None:
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(alive(p, verb=verb) for p in pids):
+        time.sleep(0.1)
+    for pid in pids:
+        if alive(pid, verb=verb):
+            os.kill(pid, signal.SIGKILL)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -291,31 +335,79 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from .output import emit
 
-    pids = {}
-    state_file = run_dir(args.repo) / "up.json"
-    if state_file.exists():
-        pids = json.loads(state_file.read_text())["pids"]
+    state = read_state(args.repo)
     statuses = _statuses(args.repo)
-    rows = []
-    for name in sorted(set(pids) | set(statuses)):
-        s = statuses.get(name, {})
-        pid = pids.get(name, s.get("pid"))
-        rows.append(
-            {
-                "service": name,
-                "pid": pid,
-                "running": pid is not None and alive(int(pid)),
-                "consumed": s.get("consumed"),
-                "produced": s.get("produced"),
-                "failed": s.get("failed"),
-                "dead_lettered": s.get("dead_lettered"),
-                "lag": s.get("lag"),
-                # Seconds spent handling, producing (until acknowledged) and committing.
-                **{k: _seconds(s.get(k)) for k in ("handle_s", "produce_s", "commit_s")},
-            }
-        )
+    rows = [
+        _service_row(n, state["services"].get(n, {}), statuses.get(n, {}))
+        for n in sorted(set(state["services"]) | set(statuses))
+    ]
+    if "supervisor_pid" in state:
+        rows.append(_supervisor_row(state))
+        rows.append(_broker_row(state))
     emit(rows, args.json, "no services have run in this repository")
     return 0
+
+
+def _service_row(name: str, sup: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
+    pid = sup.get("pid") if sup else s.get("pid")
+    running = pid is not None and alive(int(pid))
+    started = sup.get("started_at_ns")
+    last = s.get("last_message_ns") or None
+    state = sup.get("state", "running") if sup else "running"
+    if state == "running" and not running:
+        state = "down"  # its supervisor is gone too, or it was never supervised
+    return {
+        "service": name,
+        "state": state,
+        "pid": pid if running else None,
+        "restarts": sup.get("restarts"),
+        "up_s": round((now_ns() - started) / 1e9) if running and started else None,
+        "last_message": None if not last else str(ns_to_iso(last))[:19],
+        "consumed": s.get("consumed"),
+        "produced": s.get("produced"),
+        "failed": s.get("failed"),
+        "dead_lettered": s.get("dead_lettered"),
+        "lag": s.get("lag"),
+        # Seconds spent handling, producing (until acknowledged) and committing.
+        **{k: _seconds(s.get(k)) for k in ("handle_s", "produce_s", "commit_s")},
+        "reason": sup.get("reason") or sup.get("last_exit") or None,
+    }
+
+
+def _supervisor_row(state: dict[str, Any]) -> dict[str, Any]:
+    running = _supervisor_alive(state)
+    return {
+        "service": "supervisor",
+        "state": "running" if running else "stopped",
+        "pid": state.get("supervisor_pid") if running else None,
+        "reason": None
+        if running
+        else "not running: services are not restarted; `obsbus down` then `obsbus up`",
+    }
+
+
+def _broker_row(state: dict[str, Any]) -> dict[str, Any]:
+    bootstrap = state.get("bootstrap") or KafkaSettings().resolved_bootstrap()
+    reachable = broker_reachable(bootstrap)
+    return {
+        "service": "broker",
+        "state": "reachable" if reachable else "unreachable",
+        # Only a broker `up` started is supervised (restarted when it dies).
+        "restarts": state["broker"]["restarts"] if state.get("broker_started") else None,
+        "reason": f"{bootstrap}" + ("" if reachable else ": no broker answers there"),
+    }
+
+
+def broker_reachable(bootstrap: str, timeout_s: float = 1.0) -> bool:
+    """Whether any of the bootstrap addresses accepts a connection (no Kafka request)."""
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout_s):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def _seconds(value: float | None) -> float | None:

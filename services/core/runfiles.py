@@ -1,7 +1,8 @@
 """Where a repository's running services leave their pid and status files (``REPO/var/run``).
 
 ``obsbus serve SERVICE REPO`` writes ``<name>.pid`` while it runs and ``<name>.json`` (its
-counters); ``obsbus up`` writes ``up.json`` (every service's pid). Other processes read them
+counters); ``obsbus supervise`` (started by ``obsbus up``) writes ``up.json`` (every
+service's live pid, restarts and state). Other processes read them
 to find the services: ``obsbus status``, ``down``, and writers that must go through the
 registry service while it runs.
 """
@@ -17,19 +18,21 @@ def run_dir(repo: Path) -> Path:
     return path
 
 
-def alive(pid: int, service: str | None = None) -> bool:
-    """Whether ``pid`` is still one of our service processes (``obsbus serve SERVICE ...``;
-    pids are reused after exit), and runs ``service`` if one is named."""
+def alive(pid: int, service: str | None = None, verb: str = "serve") -> bool:
+    """Whether ``pid`` is still one of our processes (``obsbus serve SERVICE ...``, or
+    ``obsbus supervise ...`` with ``verb="supervise"``; pids are reused after exit), and runs
+    ``service`` if one is named."""
     proc = Path(f"/proc/{pid}")
     try:
         stat = (proc / "stat").read_text()
         argv = (proc / "cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    if stat.split(") ")[-1].startswith(("Z", "X")) or b"serve" not in argv:
+    word = verb.encode()
+    if stat.split(") ")[-1].startswith(("Z", "X")) or word not in argv:
         return False
     ours = any(a.endswith(b"obsbus") for a in argv) or b"services.cli.main" in argv
-    following = argv[argv.index(b"serve") + 1 : argv.index(b"serve") + 2]
+    following = argv[argv.index(word) + 1 : argv.index(word) + 2]
     return ours and (service is None or following == [service.encode()])
 
 

@@ -70,6 +70,7 @@ class Watcher:
         self._published: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns)
         self._candidates: dict[str, _Seen] = {}  # found by reading a directory, not yet stable
         self.published_count = 0
+        self.last_published_ns = 0
         self._tree: TreeWatch | None = None  # made by start() (inotify mode)
         self._next_root_check = 0.0
 
@@ -149,6 +150,7 @@ class Watcher:
                 self._published.add((a["path"], a["size"], a["mtime_ns"]))
                 self._candidates.pop(a["path"], None)
             self.published_count += len(arrivals)
+            self.last_published_ns = now_ns()
         return arrivals
 
     def scan(self) -> list[dict[str, Any]]:
@@ -252,7 +254,12 @@ class Watcher:
                 else:
                     self.scan()
                 if self.status_file is not None and time.monotonic() - last_status > 1.0:
-                    _write_status(self.status_file, self.watcher_id, self.published_count)
+                    _write_status(
+                        self.status_file,
+                        self.watcher_id,
+                        self.published_count,
+                        self.last_published_ns,
+                    )
                     last_status = time.monotonic()
                 if self.mode == "scan":
                     stop.wait(interval_s)
@@ -260,12 +267,13 @@ class Watcher:
             self.close()
 
 
-def _write_status(path: Path, watcher_id: str, produced: int) -> None:
+def _write_status(path: Path, watcher_id: str, produced: int, last_message_ns: int) -> None:
     status = {
         "service": watcher_id,
         "pid": os.getpid(),
         "updated_at_ns": now_ns(),
         "produced": produced,
+        "last_message_ns": last_message_ns,
         "lag": 0,
     }
     tmp = path.with_suffix(".tmp")
