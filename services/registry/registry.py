@@ -73,17 +73,25 @@ class Registry:
     def create(cls, url: str, namespace: str | None = None, actor: str = "obsbus") -> Registry:
         engine = create_engine(url, namespace)
         db = Database(engine)
-        with db.transaction() as conn:
-            if namespace and db.dialect == "postgresql":
-                conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{namespace}"')
-            versioning.upgrade(conn)
+        try:
+            with db.transaction() as conn:
+                if namespace and db.dialect == "postgresql":
+                    conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{namespace}"')
+                versioning.upgrade(conn)
+        except BaseException:
+            db.dispose()  # no pooled connection is left for the garbage collector to close
+            raise
         return cls(db, default_universe(), actor)
 
     @classmethod
     def open(cls, url: str, namespace: str | None = None, actor: str = "obsbus") -> Registry:
         db = Database(create_engine(url, namespace))
-        with db.transaction(write=False) as conn:
-            versioning.check(conn, f"registry {url}" + (f" ({namespace})" if namespace else ""))
+        try:
+            with db.transaction(write=False) as conn:
+                versioning.check(conn, f"registry {url}" + (f" ({namespace})" if namespace else ""))
+        except BaseException:
+            db.dispose()  # a refused repository leaves no pooled connection open
+            raise
         return cls(db, default_universe(), actor)
 
     def close(self) -> None:
