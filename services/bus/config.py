@@ -29,13 +29,20 @@ class KafkaSettings(BaseSettings):
     sasl_username: str | None = None
     sasl_password: str | None = None
     ssl_cafile: str | None = None
+    # How long a sent message may stay unacknowledged (broker down, or too few in-sync
+    # replicas) before the service is told and sends it again later.
+    delivery_timeout_s: float = 120.0
 
     def resolved_bootstrap(self) -> str:
         return self.bootstrap or LOCAL_BOOTSTRAP
 
     def bus(self, client_id: str) -> KafkaBus:
         return KafkaBus(
-            self.resolved_bootstrap(), client_id, self.namespace, **self.client_options()
+            self.resolved_bootstrap(),
+            client_id,
+            self.namespace,
+            self.delivery_timeout_s,
+            **self.client_options(),
         )
 
     def topics(self) -> list[Topic]:

@@ -39,6 +39,7 @@ from ..core.errors import (
 )
 from ..core.timespan import now_ns
 from . import codec
+from .outage import Outage
 from .topics import DEAD_LETTERS
 from .transport import Bus, Consumer, Delivery, TopicPartition
 
@@ -105,15 +106,26 @@ class ServiceLoop:
     def run(self, stop: threading.Event, poll_s: float = 0.5) -> None:
         log.info("service started", service=self.name, topics=list(self.topics), pid=os.getpid())
         last_status = 0.0
+        outage = Outage(self.name, max_backoff_s=self.max_backoff_s)
         while not stop.is_set():
-            self.step(poll_s)
-            if time.monotonic() - last_status > 1.0:
-                self.counters.lag = self.consumer.lag()
+            try:
+                self.step(poll_s)
+                if time.monotonic() - last_status > 1.0:
+                    self.counters.lag = self.consumer.lag()
+                    self.write_status()
+                    last_status = time.monotonic()
+            except BusError as err:  # no broker to read from or commit to: wait, not exit
                 self.write_status()
-                last_status = time.monotonic()
-        self.settle()
+                outage.wait(err, stop)
+                continue
+            outage.ok()
+        if self._consumer is not None:
+            try:
+                self.settle()
+            except BusError as err:  # uncommitted: handled again after the restart
+                log.warning("stopping without a commit", service=self.name, error=str(err))
+            self.consumer.close()
         self.write_status()
-        self.consumer.close()
         log.info("service stopped", service=self.name)
 
     def step(self, poll_s: float = 0.5) -> int:
@@ -177,6 +189,8 @@ class ServiceLoop:
         # A partition given to another member since (a rebalance) is not ours to commit: its
         # new owner reads those messages again, which handlers allow.
         owned = self.consumer.assignment()
+        # A failed commit keeps the deliveries: the next settle commits them (or, after a
+        # restart, they are handled again, which handlers allow).
         self.consumer.commit(
             {tp: o for tp, o in _next_offsets(self._uncommitted).items() if tp in owned}
         )

@@ -187,21 +187,31 @@ class KafkaBus:
     """
 
     def __init__(
-        self, bootstrap: str, client_id: str, namespace: str = "", **security: Any
+        self,
+        bootstrap: str,
+        client_id: str,
+        namespace: str = "",
+        delivery_timeout_s: float = 120.0,
+        **security: Any,
     ) -> None:
         from kafka import KafkaProducer
 
         self.bootstrap = bootstrap
         self.client_id = client_id
         self.namespace = namespace
-        self._security = security
+        # After a broker restart, reconnect within seconds (kafka-python waits up to 30 s).
+        self._security = {"reconnect_backoff_max_ms": 5000, **security}
         try:
             self._producer = KafkaProducer(
                 bootstrap_servers=bootstrap,
                 client_id=client_id,
                 acks="all",
                 linger_ms=2,
-                **security,
+                # An unacknowledged message fails flush() after this long (then the service
+                # sends it again later); until then the producer keeps retrying.
+                delivery_timeout_ms=int(delivery_timeout_s * 1000),
+                request_timeout_ms=min(30_000, int(delivery_timeout_s * 1000)),
+                **self._security,
             )
         except Exception as err:  # kafka-python raises its own types for "no broker"
             raise BusError(
@@ -225,7 +235,12 @@ class KafkaBus:
         self._pending.append(future)
 
     def flush(self) -> None:
-        self._producer.flush()
+        from kafka.errors import KafkaError
+
+        try:
+            self._producer.flush()
+        except KafkaError as err:
+            raise BusError(f"Kafka did not acknowledge messages: {err}") from err
         pending, self._pending = self._pending, []
         for future in pending:
             if future.failed():
@@ -237,13 +252,19 @@ class KafkaBus:
     def end_offsets(self, topic: str) -> dict[int, int]:
         from kafka import KafkaConsumer
         from kafka import TopicPartition as KafkaPartition
+        from kafka.errors import KafkaError
 
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, **self._security)
+        try:
+            consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, **self._security)
+        except KafkaError as err:
+            raise BusError(f"cannot reach Kafka at {self.bootstrap}: {err}") from err
         try:
             physical = self.namespace + topic
             parts = consumer.partitions_for_topic(physical) or set()
             ends = consumer.end_offsets([KafkaPartition(physical, p) for p in parts])
             return {tp.partition: int(off) for tp, off in ends.items()}
+        except KafkaError as err:
+            raise BusError(f"Kafka did not give the end of {topic}: {err}") from err
         finally:
             consumer.close()
 
@@ -253,10 +274,18 @@ class KafkaBus:
 
 class KafkaTopicConsumer:
     def __init__(self, bus: KafkaBus, group: str, topics: list[str]) -> None:
-        from kafka import KafkaConsumer
+        from kafka.errors import KafkaError
 
         self._ns = bus.namespace
-        self._consumer = KafkaConsumer(
+        try:
+            self._consumer = self._open(bus, group, topics)
+        except KafkaError as err:
+            raise BusError(f"cannot reach Kafka at {bus.bootstrap}: {err}") from err
+
+    def _open(self, bus: KafkaBus, group: str, topics: list[str]) -> Any:
+        from kafka import KafkaConsumer
+
+        return KafkaConsumer(
             *(self._ns + t for t in topics),
             bootstrap_servers=bus.bootstrap,
             group_id=self._ns + group,
@@ -284,14 +313,20 @@ class KafkaTopicConsumer:
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         from kafka import OffsetAndMetadata
         from kafka import TopicPartition as KafkaPartition
+        from kafka.errors import KafkaError
 
-        if offsets:
+        if not offsets:
+            return
+        try:
             self._consumer.commit(
                 {
                     KafkaPartition(self._ns + t, p): OffsetAndMetadata(o, "", -1)
                     for (t, p), o in offsets.items()
-                }
+                },
+                timeout_ms=30_000,
             )
+        except KafkaError as err:
+            raise BusError(f"Kafka did not take the commit: {err}") from err
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         from kafka import TopicPartition as KafkaPartition

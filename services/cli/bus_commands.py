@@ -15,11 +15,12 @@ from typing import Any
 
 from ..bus import codec
 from ..bus.config import KafkaSettings
+from ..bus.outage import Outage
 from ..bus.topics import ALL_TOPICS, topic
 from ..bus.transport import KafkaBus
 from ..core import runfiles
 from ..core.dimensions import parse_data_id_args
-from ..core.errors import ConfigError
+from ..core.errors import BusError, ConfigError
 from ..core.timespan import Timespan, ns_to_iso
 from . import supervisor
 from . import up as up_mod
@@ -90,10 +91,14 @@ def add_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--services", nargs="+", default=list(up_mod.SERVICE_NAMES))
     p.add_argument("--bootstrap", help="the broker's address (for status)")
     p.add_argument(
+        "--local-broker",
+        action="store_true",
+        help="the services use the local broker (deploy/kafka.sh): restart it if it dies",
+    )
+    p.add_argument(
         "--broker-started",
         action="store_true",
-        help="the local broker was started for these services: restart it if it dies, "
-        "stop it at the end",
+        help="the local broker was started for these services: stop it at the end",
     )
     p.set_defaults(func=supervisor.cmd_supervise)
 
@@ -181,7 +186,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     (run_dir / f"{name}.pid").write_text(str(os.getpid()))
-    bus = kafka_bus(f"obsbus-{name}")
+    bus = _connect(name, stop)
+    if bus is None:  # stopped while waiting for the broker
+        (run_dir / f"{name}.pid").unlink(missing_ok=True)
+        return 0
     try:
         up_mod.service(
             args.service, name, args.repo, bus, args.watch, args.transfer, args.watch_mode
@@ -190,6 +198,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         bus.close()
         (run_dir / f"{name}.pid").unlink(missing_ok=True)
     return 0
+
+
+def _connect(name: str, stop: threading.Event) -> KafkaBus | None:
+    """The service's bus once the broker answers (a service started during a broker outage
+    waits for it instead of exiting into a restart loop); None if stopped first."""
+    outage = Outage(name)
+    while not stop.is_set():
+        try:
+            bus = kafka_bus(f"obsbus-{name}")
+        except BusError as err:
+            outage.wait(err, stop)
+            continue
+        outage.ok()
+        return bus
+    return None
 
 
 def cmd_events(args: argparse.Namespace) -> int:

@@ -5,8 +5,10 @@ restarts one that exits or is killed, after a backoff that doubles with each qui
 run longer than ``stable_s`` starts the count again). A service that crashes ``max_crashes``
 times within ``window_s`` is left stopped and reported, with its last exit and where its log
 is: a crash loop helps nobody at 3 am. Everything it knows is in ``REPO/var/run/up.json``,
-rewritten on every change, so `obsbus status` shows live pids, restarts and uptimes. On
-SIGTERM (`obsbus down`) it stops the services, then the broker if `up` started it.
+rewritten on every change, so `obsbus status` shows live pids, restarts and uptimes. The
+local broker (deploy/kafka.sh, when no OBSBUS_KAFKA_BOOTSTRAP is configured) is looked at
+every few seconds and started again if it died. On SIGTERM (`obsbus down`) it stops the
+services, then the broker if `up` started it.
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ class Supervisor:
     repo: Path
     children: list[Child]
     policy: RestartPolicy
-    broker_started: bool = False
+    local_broker: bool = False  # the project's own broker (deploy/kafka.sh): restart it
+    broker_started: bool = False  # ... and `up` started it: stop it at the end
     state_extra: dict[str, Any] = field(default_factory=dict)
     broker: dict[str, Any] = field(default_factory=lambda: {"restarts": 0, "state": "unknown"})
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -107,7 +110,7 @@ class Supervisor:
             child.start(env)
             log.info("service started", service=child.name, pid=child.proc and child.proc.pid)
         self.write_state()
-        if self.broker_started:
+        if self.local_broker:
             threading.Thread(target=self._watch_broker, args=(stop,), daemon=True).start()
         try:
             while not stop.wait(poll_s):
@@ -212,6 +215,7 @@ class Supervisor:
                 **self.state_extra,
                 "supervisor_pid": os.getpid(),
                 "broker_started": self.broker_started,
+                "local_broker": self.local_broker,
                 "broker": dict(self.broker),
                 "services": {c.name: c.summary() for c in self.children},
                 # Live pids, for `down` and for readers that predate "services".
@@ -243,6 +247,7 @@ def cmd_supervise(args: Any) -> int:
         repo,
         children,
         RestartPolicy(),
+        local_broker=args.local_broker,
         broker_started=args.broker_started,
         state_extra={"watch": str(args.watch.resolve()), "bootstrap": args.bootstrap or ""},
     )

@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from typing import Any
 from ..bus import codec
 from ..bus.admin import ensure_topics, wait_for_broker
 from ..bus.config import KafkaSettings
+from ..bus.outage import broker_reachable
 from ..bus.runner import ServiceLoop
 from ..bus.topics import BLESSING_REQUESTS, INGEST_OUTCOMES, RAW_ARRIVALS, REGISTRY_COMMANDS
 from ..bus.transport import Bus
@@ -89,8 +89,9 @@ def service(
     return _Runnable(ServiceLoop(name, bus, group, topics, handler, status_file=status))
 
 
-def _start_broker() -> bool:
-    """Start the local broker unless one is configured; True if this call started it.
+def _start_broker() -> tuple[bool, bool]:
+    """Start the local broker unless one is configured: (local broker used, this call
+    started it).
 
     The local broker's address is put in OBSBUS_KAFKA_BOOTSTRAP for this process and the
     services it starts (deploy/kafka.sh may have moved to a free port).
@@ -98,7 +99,7 @@ def _start_broker() -> bool:
     settings = KafkaSettings()
     if settings.bootstrap:
         wait_for_broker(settings.bootstrap, 60)
-        return False
+        return False, False
     script = ["bash", str(KAFKA_SCRIPT)]
     started = False
     if subprocess.run([*script, "status"], capture_output=True).returncode != 0:
@@ -111,7 +112,7 @@ def _start_broker() -> bool:
         started = True
     address = subprocess.run([*script, "bootstrap"], capture_output=True, text=True)
     os.environ["OBSBUS_KAFKA_BOOTSTRAP"] = address.stdout.strip()
-    return started
+    return True, started
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -126,11 +127,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     _refuse_if_running(repo)
     watch = (args.watch or repo / "landing").resolve()
     watch.mkdir(parents=True, exist_ok=True)
-    started_broker = _start_broker()
+    local_broker, started_broker = _start_broker()
     try:
         settings = KafkaSettings()
         ensure_topics(settings.resolved_bootstrap(), settings.topics(), settings.replication)
-        state = _start_supervisor(repo, watch, started_broker, settings.resolved_bootstrap())
+        state = _start_supervisor(
+            repo, watch, (local_broker, started_broker), settings.resolved_bootstrap()
+        )
     except BaseException:
         if started_broker:  # leave nothing running behind a failed start
             subprocess.run(["bash", str(KAFKA_SCRIPT), "stop"], capture_output=True)
@@ -161,12 +164,17 @@ def _refuse_if_running(repo: Path) -> None:
 
 
 def _start_supervisor(
-    repo: Path, watch: Path, broker_started: bool, bootstrap: str, timeout_s: float = 60
+    repo: Path,
+    watch: Path,
+    broker: tuple[bool, bool],
+    bootstrap: str,
+    timeout_s: float = 60,
 ) -> dict[str, Any]:
     """Start `obsbus supervise` in its own session; its state once every service runs."""
     argv = [sys.executable, "-m", "services.cli.main", "supervise", str(repo)]
     argv += ["--watch", str(watch), "--bootstrap", bootstrap]
-    argv += ["--broker-started"] if broker_started else []
+    argv += ["--local-broker"] if broker[0] else []
+    argv += ["--broker-started"] if broker[1] else []
     logs = repo / "var" / "log"
     logs.mkdir(parents=True, exist_ok=True)
     with (logs / "supervisor.log").open("ab") as log:
@@ -393,21 +401,9 @@ def _broker_row(state: dict[str, Any]) -> dict[str, Any]:
         "service": "broker",
         "state": "reachable" if reachable else "unreachable",
         # Only a broker `up` started is supervised (restarted when it dies).
-        "restarts": state["broker"]["restarts"] if state.get("broker_started") else None,
+        "restarts": state["broker"]["restarts"] if state.get("local_broker") else None,
         "reason": f"{bootstrap}" + ("" if reachable else ": no broker answers there"),
     }
-
-
-def broker_reachable(bootstrap: str, timeout_s: float = 1.0) -> bool:
-    """Whether any of the bootstrap addresses accepts a connection (no Kafka request)."""
-    for address in bootstrap.split(","):
-        host, _, port = address.strip().rpartition(":")
-        try:
-            with socket.create_connection((host, int(port)), timeout=timeout_s):
-                return True
-        except (OSError, ValueError):
-            continue
-    return False
 
 
 def _seconds(value: float | None) -> float | None:

@@ -29,10 +29,11 @@ from typing import Any
 import structlog
 
 from ..bus import codec
+from ..bus.outage import Outage
 from ..bus.readback import read_to_end
 from ..bus.topics import RAW_ARRIVALS
 from ..bus.transport import Bus
-from ..core.errors import ConfigError, UndecodableMessageError
+from ..core.errors import BusError, ConfigError, UndecodableMessageError
 from ..core.timespan import now_ns
 from . import inotify as ino
 from .raws import RAW_SUFFIXES
@@ -69,6 +70,8 @@ class Watcher:
         self.mode = choose_mode(mode, self.folders)
         self._published: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns)
         self._candidates: dict[str, _Seen] = {}  # found by reading a directory, not yet stable
+        # Arrivals the broker did not acknowledge (an outage): sent again, same arrival ids.
+        self._unsent: list[dict[str, Any]] = []
         self.published_count = 0
         self.last_published_ns = 0
         self._tree: TreeWatch | None = None  # made by start() (inotify mode)
@@ -137,7 +140,13 @@ class Watcher:
             self._candidates.pop(path, None)  # truncated or to be rewritten: wait for a close
 
     def _publish(self, ready: Ready, now: int) -> list[dict[str, Any]]:
-        arrivals = [self._arrival(p, size, mtime, now) for p, (size, mtime) in ready.items()]
+        waiting = {(a["path"], a["size"], a["mtime_ns"]) for a in self._unsent}
+        arrivals = self._unsent + [
+            self._arrival(p, size, mtime, now)
+            for p, (size, mtime) in ready.items()
+            if (p, size, mtime) not in waiting
+        ]
+        self._unsent = arrivals  # until the broker acknowledges them
         for arrival in arrivals:
             self.bus.send(
                 RAW_ARRIVALS.name,
@@ -151,6 +160,7 @@ class Watcher:
                 self._candidates.pop(a["path"], None)
             self.published_count += len(arrivals)
             self.last_published_ns = now_ns()
+        self._unsent = []
         return arrivals
 
     def scan(self) -> list[dict[str, Any]]:
@@ -237,7 +247,14 @@ class Watcher:
         }
 
     def run(self, stop: threading.Event, interval_s: float = 0.05) -> None:
-        self.recover()
+        outage = Outage(self.watcher_id)
+        while not stop.is_set():
+            try:
+                self.recover()
+                break
+            except BusError as err:
+                outage.wait(err, stop)
+        outage.ok()
         log.info(
             "watcher started",
             watcher=self.watcher_id,
@@ -247,12 +264,17 @@ class Watcher:
         last_status = 0.0
         try:
             while not stop.is_set():
-                if self.mode == "inotify":
-                    # Short waits: stop is honoured within one, and files found by reading a
-                    # directory are looked at again every interval until they are stable.
-                    self.step(interval_s if self._candidates else 0.1)
-                else:
-                    self.scan()
+                try:
+                    if self.mode == "inotify":
+                        # Short waits: stop is honoured within one, and files found by reading
+                        # a directory are looked at again every interval until they are stable.
+                        self.step(interval_s if self._candidates else 0.1)
+                    else:
+                        self.scan()
+                except BusError as err:  # kept in _unsent: sent once the broker is back
+                    outage.wait(err, stop)
+                    continue
+                outage.ok()
                 if self.status_file is not None and time.monotonic() - last_status > 1.0:
                     _write_status(
                         self.status_file,

@@ -8,6 +8,7 @@ same files, and a replay of the command topic identical to the live registry.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -51,10 +52,10 @@ def kafka_bootstrap() -> str:
 class Services:
     """`obsbus serve` processes for one repository, in one topic namespace."""
 
-    def __init__(self, repo: Path, landing: Path, tmp: Path) -> None:
+    def __init__(self, repo: Path, landing: Path, tmp: Path, bootstrap: str | None = None) -> None:
         self.repo, self.landing, self.tmp = repo, landing, tmp
         self.env = dict(os.environ)
-        self.env["OBSBUS_KAFKA_BOOTSTRAP"] = kafka_bootstrap()
+        self.env["OBSBUS_KAFKA_BOOTSTRAP"] = bootstrap or kafka_bootstrap()
         self.env["OBSBUS_KAFKA_NAMESPACE"] = f"t{uuid.uuid4().hex[:10]}."
         self.env["PYTHONPATH"] = str(REPO_ROOT)
         self.settings = KafkaSettings(
@@ -67,11 +68,16 @@ class Services:
 
     def start(self, *names: str) -> None:
         for name in names:
-            argv = [sys.executable, "-m", "services.cli.main", "serve", name, str(self.repo)]
-            if name == "watcher":
-                argv += ["--watch", str(self.landing)]
-            log = (self.tmp / f"{name}.log").open("ab")
-            self.procs[name] = subprocess.Popen(argv, env=self.env, stdout=log, stderr=log)
+            self.start_as(name, name)
+
+    def start_as(self, service: str, name: str) -> None:
+        """One ``serve SERVICE`` process under its own instance name (several ingest workers)."""
+        argv = [sys.executable, "-m", "services.cli.main", "serve", service, str(self.repo)]
+        argv += ["--name", name]
+        if service == "watcher":
+            argv += ["--watch", str(self.landing)]
+        log = (self.tmp / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(argv, env=self.env, stdout=log, stderr=log)
 
     def kill9(self, *names: str) -> None:
         for name in names:
@@ -149,3 +155,83 @@ def check_night(services: Services, files: Sequence[Path], tmp: Path) -> None:
     services.replay(fresh)
     with Butler.open(fresh) as butler:
         assert canonical_dump(butler.registry, history=True) == live_history
+
+
+class Supervised(Services):
+    """`obsbus up --detach` for one repository: the supervisor and its four services.
+
+    ``env`` changes are applied before ``up``; killing a service goes by the live pid the
+    supervisor recorded, and ``stop`` is `obsbus down`.
+    """
+
+    def up(self, **env: str | None) -> dict[str, Any]:
+        for key, value in env.items():
+            if value is None:
+                self.env.pop(key, None)
+            else:
+                self.env[key] = value
+        self.obsbus("up", str(self.repo), "--watch", str(self.landing), "--detach")
+        return self.state()
+
+    def obsbus(self, *args: str, timeout_s: float = 240) -> str:
+        argv = [sys.executable, "-m", "services.cli.main", *args]
+        result = subprocess.run(
+            argv, env=self.env, capture_output=True, text=True, timeout=timeout_s
+        )
+        assert result.returncode == 0, result.stderr + self.logs()
+        return result.stdout
+
+    def state(self) -> dict[str, Any]:
+        path = self.repo / "var" / "run" / "up.json"
+        return dict(json.loads(path.read_text())) if path.exists() else {}
+
+    def pid(self, name: str) -> int:
+        pid = self.state()["services"][name]["pid"]
+        assert pid is not None, f"{name} is not running: {self.state()['services'][name]}"
+        return int(pid)
+
+    def kill9(self, *names: str) -> None:
+        for name in names:
+            os.kill(self.pid(name), signal.SIGKILL)
+
+    def wait_until(self, check: Callable[[dict[str, Any]], bool], timeout_s: float = 120) -> None:
+        """Until ``check(up.json)`` holds."""
+        deadline = time.monotonic() + timeout_s
+        while not check(self.state()):
+            assert time.monotonic() < deadline, f"timed out: {self.state()}\n{self.logs()}"
+            time.sleep(0.2)
+
+    def alive(self) -> list[str]:
+        services = self.state().get("services", {})
+        return sorted(n for n, s in services.items() if s["state"] == "running")
+
+    def stop(self) -> None:
+        if self.state():
+            self.obsbus("down", str(self.repo))
+        self.bus.close()
+
+    def logs(self) -> str:
+        return "\n".join(
+            p.name + ": " + p.read_text(errors="replace")[-3000:]
+            for p in sorted((self.repo / "var" / "log").glob("*.log"))
+        )
+
+
+def land_exposure(landing: Path, seq: int, detectors: int) -> list[Path]:
+    """SimCam exposure ``seq`` of a test night (one minute apart), ``detectors`` files."""
+    from services.instruments.simcam import write_exposure
+
+    start = f"2024-11-26T{1 + seq // 60:02d}:{seq % 60:02d}:00"
+    return write_exposure(landing, seq, start, detectors=range(detectors))
+
+
+def all_outcomes(services: Services, files: Sequence[Path]) -> list[dict[str, Any]]:
+    """The ingest outcomes, once every file has one (repeats included)."""
+    from services.bus.topics import INGEST_OUTCOMES
+
+    wanted = {str(f) for f in files}
+    outcomes = services.messages(
+        INGEST_OUTCOMES.name, lambda out: {o["file"] for o in out} >= wanted
+    )
+    assert {o["file"] for o in outcomes} >= wanted, services.logs()
+    return outcomes
