@@ -8,6 +8,7 @@ classify errors by type or code and never by matching message text.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -15,6 +16,16 @@ class ObsbusError(Exception):
     """Base of all obsbus errors; ``str(err)`` is the one-line message for the user."""
 
     code = "error"
+
+
+class OutageError(ObsbusError):
+    """Something every message needs is unavailable (the database, space in the datastore).
+
+    It is not the fault of the message at hand and it passes: a service reads the message
+    again once it is back, instead of failing it or dead-lettering it as poison.
+    """
+
+    code = "outage"
 
 
 # --- repository and configuration ------------------------------------------------------------
@@ -46,7 +57,7 @@ class DatabaseError(ObsbusError):
     code = "database"
 
 
-class DatabaseUnavailableError(DatabaseError):
+class DatabaseUnavailableError(DatabaseError, OutageError):
     """The database could not be reached or was busy: trying again later may work."""
 
     code = "database_unavailable"
@@ -247,6 +258,26 @@ class CameraDetectorNotFoundError(DatastoreError):
 
 class StorageClassError(DatastoreError):
     code = "storage_class"
+
+
+class DatastoreFullError(DatastoreError, OutageError):
+    """The datastore's filesystem is full or over quota (ENOSPC, EDQUOT): nothing was written.
+
+    ``then`` is what to do once space is back; callers that know better (raw ingest) say it
+    with ``then_do``.
+    """
+
+    code = "datastore_full"
+
+    def __init__(self, root: Path, target: Path, detail: str, then: str = "then try again") -> None:
+        self.root, self.target, self.detail = Path(root), Path(target), detail
+        super().__init__(
+            f"datastore full: cannot write {target} ({detail}); free space on {root}, {then}"
+        )
+
+    def then_do(self, then: str) -> DatastoreFullError:
+        """The same error, saying ``then`` as the step after freeing space."""
+        return DatastoreFullError(self.root, self.target, self.detail, then)
 
 
 class ChecksumError(DatastoreError):

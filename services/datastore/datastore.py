@@ -4,7 +4,9 @@ Files are placed by path template, written atomically, and recorded as ``StoredF
 that hold everything needed to read them back (relative path + formatter import path), so
 the registry stores the row and this module never needs a database. All writes go through a
 ``transaction()`` whose file operations are undone if the ``with`` block fails; the registry
-wraps its database transaction in one, which keeps files and rows consistent.
+wraps its database transaction in one, which keeps files and rows consistent. A write that
+finds the filesystem full or over quota raises ``DatastoreFullError`` and leaves neither a
+partial file nor a folder it made.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from services.core.errors import (
 )
 from services.datastore.durability import sync_directories, sync_files
 from services.datastore.formatters import Formatter, formatter_import_path, load_formatter
+from services.datastore.space import full_error, is_full
 from services.datastore.storage_classes import (
     compression_suffix,
     formatter_for_file,
@@ -233,8 +236,9 @@ class FileDatastore:
                 path.mkdir(exist_ok=True)
                 made.insert(0, path)
         except OSError as exc:
-            for path in made:
-                path.rmdir()
+            _remove_dirs(made)
+            if is_full(exc):
+                raise full_error(self.root, directory, exc) from exc
             raise DatastoreError(f"cannot create directory in {self.root}: {exc}") from exc
         return made  # deepest first: the order to remove them in
 
@@ -306,10 +310,16 @@ class DatastoreTransaction:
             return stored(relative, *_same_as_staged(source, dest, self._staged[dest][1]))
         if os.path.lexists(dest):
             return stored(relative, *_same_content(source, dest))
-        self._track_dirs(ds._make_dirs(dest.parent))
+        made = ds._make_dirs(dest.parent)
+        self._track_dirs(made)
         try:
             size, checksum = self._transfer(source, dest, transfer)
         except OSError as exc:
+            # The transfer removed its partial file; its empty folders go too, now: the
+            # caller may go on and commit the other files of the transaction.
+            _remove_dirs(made)
+            if is_full(exc):
+                raise full_error(ds.root, dest, exc) from exc
             raise TransferError(_transfer_failure(transfer, source, dest, exc)) from exc
         return stored(relative, size, checksum)
 
@@ -332,7 +342,8 @@ class DatastoreTransaction:
         ds = self._datastore
         relative = ds._relative_path(dataset_type, run, data_id, cls.extension)
         dest = ds._absolute(relative)
-        self._track_dirs(ds._make_dirs(dest.parent))
+        made = ds._make_dirs(dest.parent)
+        self._track_dirs(made)
         tmp = _temp_path(dest)
         try:
             _write(cls(), obj, tmp)
@@ -344,6 +355,10 @@ class DatastoreTransaction:
                 os.replace(tmp, dest)
                 self._undo.append((f"delete {dest}", lambda: dest.unlink(missing_ok=True)))
         except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            _remove_dirs(made)
+            if is_full(exc):
+                raise full_error(ds.root, dest, exc) from exc
             raise DatastoreError(f"cannot write {dest}: {exc.strerror or exc}") from exc
         finally:
             tmp.unlink(missing_ok=True)
@@ -405,6 +420,8 @@ class DatastoreTransaction:
                 os.replace(tmp, dest)
             sync_directories({dest.parent for dest in staged})
         except OSError as exc:
+            if is_full(exc):
+                raise full_error(self._datastore.root, next(iter(staged)), exc) from exc
             raise DatastoreError(
                 f"cannot make {len(staged)} copied file(s) durable under "
                 f"{self._datastore.root}: {exc.strerror or exc}"
@@ -412,15 +429,10 @@ class DatastoreTransaction:
 
     def _track_dirs(self, created: list[Path]) -> None:
         # Registered before the file's own undo, so it runs after it (undo is LIFO).
-        def remove_dirs() -> None:
-            for directory in created:
-                try:
-                    directory.rmdir()
-                except OSError:
-                    return  # something else now lives there: leave it
-
         if created:
-            self._undo.append((f"remove directories under {created[-1]}", remove_dirs))
+            self._undo.append(
+                (f"remove directories under {created[-1]}", lambda: _remove_dirs(created))
+            )
 
     def _check_open(self) -> None:
         if not self._open:
@@ -508,6 +520,15 @@ def _move(source: Path, dest: Path) -> None:
         source.unlink()
 
 
+def _remove_dirs(created: list[Path]) -> None:
+    """Remove folders we made, deepest first, stopping at one that is not empty."""
+    for directory in created:
+        try:
+            directory.rmdir()
+        except OSError:
+            return  # something else now lives there (or it is gone): leave it
+
+
 def _fsync(path: Path) -> None:
     with path.open("rb") as stream:
         os.fsync(stream.fileno())
@@ -519,6 +540,8 @@ def _write(formatter: Formatter, obj: Any, path: Path) -> None:
     except ObsbusError:
         raise
     except Exception as exc:
+        if is_full(exc):
+            raise  # the disk, not the formatter: the caller says so
         raise FormatterError(
             f"{type(formatter).__name__} could not write {type(obj).__name__}: {exc}"
         ) from exc
