@@ -18,6 +18,7 @@ import structlog
 
 from ..butler import Butler
 from ..core.errors import (
+    DatastoreFullError,
     ObsbusError,
     UnknownDetectorError,
     UnknownFilterError,
@@ -38,6 +39,10 @@ log = structlog.get_logger(__name__)
 
 Status = Literal["ingested", "already-present", "failed"]
 RAW_SUFFIXES = (".fits", ".fits.fz", ".fits.gz", ".fit")
+INGEST_AGAIN = (
+    "then ingest it again: it was left where it was, and the files already ingested are "
+    "recognised (already-present)"
+)
 
 
 @dataclass(frozen=True)
@@ -257,6 +262,8 @@ class RawIngester:
 
     @staticmethod
     def _failure(path: Path, err: Exception) -> IngestOutcome:
+        if isinstance(err, DatastoreFullError):
+            err = err.then_do(INGEST_AGAIN)
         if isinstance(err, ObsbusError):
             return IngestOutcome(str(path), "failed", err.code, str(err))
         # A translator or library failure must not stop the rest, but it is a bug to report.
