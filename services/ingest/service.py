@@ -4,24 +4,41 @@ For each arrival: read and translate the header, pick the formatter per data ID,
 file into the datastore, and send one IngestRaw registry command. A file that cannot be
 ingested becomes a failed IngestOutcome at once. The registry service, the only writer of the
 registry, answers each command with the file's final outcome.
+
+A full datastore is an outage, not a bad file. A file that meets it is told once (a failed
+outcome, ``datastore_full``) and its arrival is sent again to the arrivals topic (same id, so
+it becomes the same command); when only files already told about meet it, the handler raises
+DatastoreFullError, an OutageError, and the service loop reads the batch again later. So the
+dashboards see the outage at once, and every file is ingested once space is back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from ..bus.messages import registry_command
 from ..bus.runner import Incoming, Outgoing
-from ..bus.topics import INGEST_OUTCOMES, REGISTRY_COMMANDS
+from ..bus.topics import INGEST_OUTCOMES, RAW_ARRIVALS, REGISTRY_COMMANDS
 from ..butler import Butler
-from ..core.errors import ObsbusError
+from ..core.errors import DatastoreFullError, ObsbusError
 from ..core.timespan import now_ns
 from ..datastore.datastore import DatastoreTransaction
 from .headers import HeaderTranslator, configure_offline_translation
-from .raws import IngestOutcome, prepare, raw_refs, to_command, transfer_file
+from .raws import IngestOutcome, PreparedFile, prepare, raw_refs, to_command, transfer_file
+
+log = structlog.get_logger(__name__)
+
+WHEN_SPACE_IS_BACK = (
+    "then nothing else: the file stays in the landing folder and is ingested by itself once "
+    "there is space (the arrivals behind it wait until then)"
+)
 
 _COMMAND_IDS = uuid.UUID("6f1c7c3e-2f0b-5d9a-9a51-0b5e2d1c4a77")  # uuid5 namespace
 
@@ -46,6 +63,28 @@ def outcome_value(outcome: IngestOutcome, arrival: dict[str, Any] | None = None)
     }
 
 
+@dataclass(frozen=True)
+class _Handled:
+    """One arrival, handled: its output, or the full-disk error that stopped its transfer."""
+
+    arrival: dict[str, Any]
+    output: Outgoing | None = None
+    full: DatastoreFullError | None = None
+    prepared: PreparedFile | None = None
+
+    def made_full(self, err: DatastoreFullError) -> _Handled:
+        """As if its copy had met ``err`` (a batch not made durable has none in place)."""
+        if self.output is None or self.output.topic != REGISTRY_COMMANDS.name:
+            return self
+        return dataclasses.replace(self, output=None, full=err.then_do(WHEN_SPACE_IS_BACK))
+
+
+class _NotDurableError(Exception):
+    def __init__(self, handled: list[_Handled], error: DatastoreFullError) -> None:
+        super().__init__(str(error))
+        self.handled, self.error = handled, error
+
+
 class IngestHandler:
     def __init__(self, butler: Butler, *, transfer: str = "copy", name: str = "ingest") -> None:
         configure_offline_translation()
@@ -53,19 +92,38 @@ class IngestHandler:
         self.transfer = transfer
         self.name = name
         self.translator = HeaderTranslator()
+        self._told_full: set[str] = set()  # arrival ids told "datastore_full", not yet landed
 
     def __call__(self, batch: Sequence[Incoming]) -> list[Outgoing]:
-        # The batch's copies are made durable together, before any command is sent.
-        with self.butler.datastore.transaction(batch_sync=True) as files:
-            return [self.handle(item.value, files) for item in batch]
+        try:
+            # The batch's copies are made durable together, before any command is sent.
+            with self.butler.datastore.transaction(batch_sync=True) as files:
+                handled = [self._handle(item.value, files) for item in batch]
+                self._wait_unless_news(handled)  # raising undoes the batch's files
+                try:
+                    files.make_durable()
+                except DatastoreFullError as err:
+                    raise _NotDurableError(handled, err) from err
+        except _NotDurableError as lost:
+            handled = [h.made_full(lost.error) for h in lost.handled]
+            self._wait_unless_news(handled)
+        return [out for h in handled for out in self._outputs(h)]
 
     def handle(self, arrival: dict[str, Any], files: DatastoreTransaction) -> Outgoing:
+        """One arrival's message on its own: its command, or its failed outcome."""
+        handled = self._handle(arrival, files)
+        return handled.output if handled.output is not None else self._full_outcome(handled)
+
+    def _handle(self, arrival: dict[str, Any], files: DatastoreTransaction) -> _Handled:
         path = Path(arrival["path"])
+        prepared = None
         try:
             prepared = prepare(path, self.translator)
             run = prepared.instrument.raw_run()
             refs = raw_refs(self.butler.registry, prepared, run)
             stored = transfer_file(files, prepared, refs, self.transfer)
+        except DatastoreFullError as err:
+            return _Handled(arrival, full=err.then_do(WHEN_SPACE_IS_BACK), prepared=prepared)
         except Exception as err:  # every file gets an outcome, whatever went wrong
             code = err.code if isinstance(err, ObsbusError) else "unexpected"
             failed = IngestOutcome(
@@ -74,18 +132,76 @@ class IngestHandler:
                 code,
                 f"{path}: {err}" if not isinstance(err, ObsbusError) else str(err),
             )
-            return Outgoing(
-                INGEST_OUTCOMES.name,
-                arrival["folder"],
-                INGEST_OUTCOMES.record,
-                outcome_value(failed, arrival),
+            return _Handled(
+                arrival,
+                Outgoing(
+                    INGEST_OUTCOMES.name,
+                    arrival["folder"],
+                    INGEST_OUTCOMES.record,
+                    outcome_value(failed, arrival),
+                ),
             )
         command = to_command(prepared, run, refs, stored)
+        return _Handled(
+            arrival,
+            Outgoing(
+                REGISTRY_COMMANDS.name,
+                exposure_key(prepared.instrument.name, prepared.exposure["id"]),
+                REGISTRY_COMMANDS.record,
+                # One command id per arrival: an arrival handled again after a crash sends the
+                # same command, which the registry answers again instead of applying twice.
+                registry_command(
+                    command, self.name, arrival=arrival, command_id=command_id(arrival)
+                ),
+            ),
+            prepared=prepared,
+        )
+
+    def _wait_unless_news(self, handled: list[_Handled]) -> None:
+        """Raise the outage when every file that met a full disk was told about already:
+        nothing new to say, so the batch is read again later instead of sent round again."""
+        full = [(h.arrival["arrival_id"], h.full) for h in handled if h.full is not None]
+        if full and all(arrival_id in self._told_full for arrival_id, _ in full):
+            raise full[0][1]
+
+    def _outputs(self, handled: _Handled) -> list[Outgoing]:
+        arrival_id = handled.arrival["arrival_id"]
+        if handled.full is None:
+            if arrival_id in self._told_full:
+                self._told_full.discard(arrival_id)
+                if not self._told_full:
+                    log.info("datastore has space again: ingest goes on")
+            return [] if handled.output is None else [handled.output]
+        out = [] if arrival_id in self._told_full else [self._full_outcome(handled)]
+        if not self._told_full:
+            log.warning("datastore full: ingest waits for space", error=str(handled.full))
+        self._told_full.add(arrival_id)
+        # The arrival again, keyed like the watcher's (same partition): it is read again
+        # after the arrivals already waiting there.
+        out.append(
+            Outgoing(
+                RAW_ARRIVALS.name, handled.arrival["path"], RAW_ARRIVALS.record, handled.arrival
+            )
+        )
+        return out
+
+    @staticmethod
+    def _full_outcome(handled: _Handled) -> Outgoing:
+        """The one failed outcome a file gets for a full disk, keyed like its later answer
+        (the registry's, by exposure) so that they stay in order."""
+        prepared, full = handled.prepared, handled.full
+        assert prepared is not None and full is not None  # a transfer follows a prepare
+        outcome = IngestOutcome(
+            handled.arrival["path"],
+            "failed",
+            full.code,
+            str(full),
+            instrument=prepared.instrument.name,
+            exposure=prepared.exposure["id"],
+        )
         return Outgoing(
-            REGISTRY_COMMANDS.name,
+            INGEST_OUTCOMES.name,
             exposure_key(prepared.instrument.name, prepared.exposure["id"]),
-            REGISTRY_COMMANDS.record,
-            # One command id per arrival: an arrival handled again after a crash sends the
-            # same command, which the registry answers again instead of applying twice.
-            registry_command(command, self.name, arrival=arrival, command_id=command_id(arrival)),
+            INGEST_OUTCOMES.record,
+            outcome_value(outcome, handled.arrival),
         )
