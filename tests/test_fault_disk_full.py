@@ -275,12 +275,14 @@ def test_services_survive_a_full_datastore_and_catch_up(
     done = services.messages(
         INGEST_OUTCOMES.name,
         lambda out: {o["file"] for o in out if o["status"] == "ingested"} >= wanted,
+        timeout_s=120,  # one outage round is under 10 s
     )
     assert {o["file"] for o in done if o["status"] == "ingested"} == wanted, services.logs()
     told = [o["file"] for o in done if o["reason"] == "datastore_full"]
     assert told and len(told) == len(set(told))  # each file told once
     assert {o["status"] for o in done} == {"ingested", "failed"}
     assert services.alive() == ["ingest", "registry", "watcher"], services.logs()
+    # A loop that took the outage for poison messages would have dead-lettered them.
     assert ingest_status(services)["dead_lettered"] == 0
     with Butler.open(services.repo) as butler:
         assert_datastore_holds_only(butler, service_disk, registered_paths(butler))
