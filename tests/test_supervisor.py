@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from services.cli.supervisor import Child, RestartPolicy, Supervisor
+from tests.conftest import REPO_ROOT
 
 FAST = RestartPolicy(backoff_s=0.1, max_backoff_s=0.4, stable_s=30, max_crashes=4, window_s=60)
 
@@ -102,3 +103,18 @@ def test_stopping_terminates_every_service(run: Callable[..., Supervisor], tmp_p
     supervisor.stop_all()
     assert all(p is not None and p.poll() is not None for p in procs)
     assert {c.state for c in supervisor.children} == {"stopped"}
+
+
+@pytest.mark.parametrize(
+    "unit", sorted((REPO_ROOT / "deploy" / "systemd").glob("*.service")), ids=lambda p: p.name
+)
+def test_systemd_units_restart_like_the_supervisor(unit: Path) -> None:
+    import configparser
+
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(unit.read_text())
+    policy = RestartPolicy()
+    assert parser["Service"]["Restart"] == "always"
+    assert int(parser["Unit"]["StartLimitBurst"]) == policy.max_crashes
+    assert float(parser["Unit"]["StartLimitIntervalSec"]) == policy.window_s

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..core.errors import BusError
+from ..core.errors import BusError, ConfigError
 
 TopicPartition = tuple[str, int]
 
@@ -194,31 +194,52 @@ class KafkaBus:
         delivery_timeout_s: float = 120.0,
         **security: Any,
     ) -> None:
-        from kafka import KafkaProducer
-
         self.bootstrap = bootstrap
         self.client_id = client_id
         self.namespace = namespace
+        self._delivery_timeout_s = delivery_timeout_s
         # After a broker restart, reconnect within seconds (kafka-python waits up to 30 s).
         self._security = {"reconnect_backoff_max_ms": 5000, **security}
+        self._producer = self._new_producer()
+        self._pending: list[Any] = []
+
+    def _new_producer(self) -> Any:
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaConfigurationError
+
+        timeout_ms = int(self._delivery_timeout_s * 1000)
         try:
-            self._producer = KafkaProducer(
-                bootstrap_servers=bootstrap,
-                client_id=client_id,
+            return KafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                client_id=self.client_id,
                 acks="all",
                 linger_ms=2,
                 # An unacknowledged message fails flush() after this long (then the service
                 # sends it again later); until then the producer keeps retrying.
-                delivery_timeout_ms=int(delivery_timeout_s * 1000),
-                request_timeout_ms=min(30_000, int(delivery_timeout_s * 1000)),
+                delivery_timeout_ms=timeout_ms,
+                # kafka-python wants delivery >= linger + request timeout.
+                request_timeout_ms=max(1000, min(30_000, timeout_ms // 2)),
                 **self._security,
             )
+        except KafkaConfigurationError as err:  # no outage: waiting would not help
+            raise ConfigError(f"invalid Kafka client settings: {err}") from err
         except Exception as err:  # kafka-python raises its own types for "no broker"
             raise BusError(
-                f"cannot reach Kafka at {bootstrap} ({type(err).__name__}); is the broker "
+                f"cannot reach Kafka at {self.bootstrap} ({type(err).__name__}); is the broker "
                 "running? (`bash deploy/kafka.sh start`, or set OBSBUS_KAFKA_BOOTSTRAP)"
             ) from err
-        self._pending: list[Any] = []
+
+    def _fail(self, message: str, err: Exception | None) -> BusError:
+        """A send that was not acknowledged: drop the producer with whatever it still holds
+        (kafka-python's flush() can wait forever on a batch that expired in an outage) and
+        start a new one; the caller sends again, or handles the messages again."""
+        self._pending = []
+        self._producer.close(timeout=0)
+        try:
+            self._producer = self._new_producer()
+        except BusError:  # no broker now: the next send tries again
+            self._producer = _Unconnected(self)
+        return BusError(f"{message}: {err}")
 
     def send(self, topic: str, key: bytes | None, value: bytes) -> None:
         from kafka.errors import KafkaError, MessageSizeTooLargeError
@@ -231,20 +252,22 @@ class KafkaBus:
                 "1 MB): write in smaller parts (e.g. split the table)"
             ) from None
         except KafkaError as err:
-            raise BusError(f"Kafka refused a message for {topic}: {err}") from err
+            raise self._fail(f"Kafka refused a message for {topic}", err) from err
         self._pending.append(future)
 
     def flush(self) -> None:
         from kafka.errors import KafkaError
 
         try:
-            self._producer.flush()
+            # Bounded: every message is acknowledged or expired by then.
+            self._producer.flush(timeout=self._delivery_timeout_s + 10)
         except KafkaError as err:
-            raise BusError(f"Kafka did not acknowledge messages: {err}") from err
+            raise self._fail("Kafka did not acknowledge messages", err) from err
         pending, self._pending = self._pending, []
         for future in pending:
-            if future.failed():
-                raise BusError(f"Kafka refused a message: {future.exception}")
+            if not future.is_done or future.failed():
+                self._pending = pending
+                raise self._fail("Kafka refused a message", future.exception)
 
     def consumer(self, group: str, topics: Iterable[str]) -> KafkaTopicConsumer:
         return KafkaTopicConsumer(self, group, list(topics))
@@ -270,6 +293,23 @@ class KafkaBus:
 
     def close(self) -> None:
         self._producer.close()
+
+
+class _Unconnected:
+    """The producer slot while no broker answers: each send tries to connect again."""
+
+    def __init__(self, bus: KafkaBus) -> None:
+        self.bus = bus
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> Any:
+        self.bus._producer = self.bus._new_producer()  # BusError while the outage lasts
+        return self.bus._producer.send(topic, key=key, value=value)
+
+    def flush(self, timeout: float | None = None) -> None:
+        return None
+
+    def close(self, timeout: float | None = None) -> None:
+        return None
 
 
 class KafkaTopicConsumer:

@@ -41,11 +41,15 @@ SERVICE_NAMES = ("registry", "calib", "ingest", "watcher")
 class _Runnable:
     """A service ready to run until ``stop`` is set."""
 
-    def __init__(self, target: Any) -> None:
-        self.target = target
+    def __init__(self, target: Any, butler: Butler | None = None) -> None:
+        self.target, self.butler = target, butler
 
     def run(self, stop: threading.Event) -> None:
-        self.target.run(stop)
+        try:
+            self.target.run(stop)
+        finally:
+            if self.butler is not None:  # its database connections, closed cleanly
+                self.butler.close()
 
 
 def service(
@@ -74,7 +78,8 @@ def service(
         # Small batches: each file's command leaves as soon as its few neighbours are done
         # (a 500-file batch would hold an exposure's first file until the last is ingested).
         return _Runnable(
-            ServiceLoop(name, bus, group, topics, handler, status_file=status, max_records=16)
+            ServiceLoop(name, bus, group, topics, handler, status_file=status, max_records=16),
+            butler,
         )
     elif kind == "registry":
         from ..registry.service import RegistryHandler
@@ -86,7 +91,7 @@ def service(
 
         handler = CalibHandler(butler.registry, name)
         topics, group = [BLESSING_REQUESTS.name], "obsbus-calib"
-    return _Runnable(ServiceLoop(name, bus, group, topics, handler, status_file=status))
+    return _Runnable(ServiceLoop(name, bus, group, topics, handler, status_file=status), butler)
 
 
 def _start_broker() -> tuple[bool, bool]:

@@ -76,8 +76,8 @@ class Services:
         argv += ["--name", name]
         if service == "watcher":
             argv += ["--watch", str(self.landing)]
-        log = (self.tmp / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(argv, env=self.env, stdout=log, stderr=log)
+        with (self.tmp / f"{name}.log").open("ab") as log:  # the child keeps its own copy
+            self.procs[name] = subprocess.Popen(argv, env=self.env, stdout=log, stderr=log)
 
     def kill9(self, *names: str) -> None:
         for name in names:
@@ -142,19 +142,29 @@ def reference_dump(files: Sequence[Path], tmp: Path) -> dict[str, list[dict[str,
         return canonical_dump(butler.registry)
 
 
-def check_night(services: Services, files: Sequence[Path], tmp: Path) -> None:
-    """Nothing lost, nothing duplicated: one raw per file, the registry as an in-process
-    ingest of the same files builds it, and a replay of the command topic identical to it."""
+def night_findings(services: Services, files: Sequence[Path], tmp: Path) -> list[str]:
+    """What is wrong after a night (empty: nothing): one raw per file, the registry as an
+    in-process ingest of the same files builds it, a replay of the command topic identical."""
+    findings = []
     with Butler.open(services.repo) as butler:
         raws = butler.registry.query_datasets("raw", ["SimCam/raw/all"])
-        assert len(raws) == len(files), services.logs()
+        if len(raws) != len(files):
+            findings.append(f"{len(raws)} raws registered for {len(files)} files")
         live = canonical_dump(butler.registry)
         live_history = canonical_dump(butler.registry, history=True)
-    assert live == reference_dump(files, tmp)
+    if live != reference_dump(files, tmp):
+        findings.append("the registry differs from an in-process ingest-raws of the files")
     fresh = new_repo(tmp / f"replayed-{uuid.uuid4().hex[:6]}")
     services.replay(fresh)
     with Butler.open(fresh) as butler:
-        assert canonical_dump(butler.registry, history=True) == live_history
+        if canonical_dump(butler.registry, history=True) != live_history:
+            findings.append("a replay of the command topic differs from the live registry")
+    return findings
+
+
+def check_night(services: Services, files: Sequence[Path], tmp: Path) -> None:
+    """Nothing lost, nothing duplicated (see ``night_findings``)."""
+    assert night_findings(services, files, tmp) == [], services.logs()
 
 
 class Supervised(Services):
@@ -165,18 +175,15 @@ class Supervised(Services):
     """
 
     def up(self, **env: str | None) -> dict[str, Any]:
-        for key, value in env.items():
-            if value is None:
-                self.env.pop(key, None)
-            else:
-                self.env[key] = value
-        self.obsbus("up", str(self.repo), "--watch", str(self.landing), "--detach")
+        """`obsbus up --detach`, with ``env`` changed for it (None: unset) and the services."""
+        changed = {k: v for k, v in {**self.env, **env}.items() if v is not None}
+        self.obsbus("up", str(self.repo), "--watch", str(self.landing), "--detach", env=changed)
         return self.state()
 
-    def obsbus(self, *args: str, timeout_s: float = 240) -> str:
+    def obsbus(self, *args: str, timeout_s: float = 240, env: dict[str, str] | None = None) -> str:
         argv = [sys.executable, "-m", "services.cli.main", *args]
         result = subprocess.run(
-            argv, env=self.env, capture_output=True, text=True, timeout=timeout_s
+            argv, env=env or self.env, capture_output=True, text=True, timeout=timeout_s
         )
         assert result.returncode == 0, result.stderr + self.logs()
         return result.stdout
