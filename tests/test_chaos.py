@@ -27,3 +27,8 @@ def test_short_chaos_night_heals_itself() -> None:
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "killed -9" in result.stdout
     assert "every file registered exactly once" in result.stdout
+
+
+def test_readme_shows_the_short_run() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert f"$ python bench/chaos.py {' '.join(ARGS)}\n" in readme

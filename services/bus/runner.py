@@ -5,9 +5,9 @@ Kafka. This loop owns everything else, once, for every service:
 - undecodable bytes go to the dead-letter topic with their origin and the error;
 - a failing batch is retried with bounded exponential backoff, then split message by
   message so one poison message is dead-lettered and the rest go on;
-- but when the database or the broker is unavailable, nothing is dead-lettered or
-  committed: the batch is read again once they are back (a poison message is one that fails
-  on its own, an outage fails everything);
+- but in an outage (the broker, or an OutageError: the database unavailable, the datastore
+  full), nothing is dead-lettered or committed: the batch is read again once it is over (a
+  poison message is one that fails on its own, an outage fails everything);
 - outputs are flushed (acknowledged) before offsets are committed, so nothing is lost:
   delivery is at least once, and handlers make the effect exactly once.
 
@@ -33,8 +33,8 @@ import structlog
 
 from ..core.errors import (
     BusError,
-    DatabaseUnavailableError,
     ObsbusError,
+    OutageError,
     UndecodableMessageError,
 )
 from ..core.timespan import now_ns
@@ -147,7 +147,7 @@ class ServiceLoop:
         started = time.perf_counter()
         try:
             outputs.extend(self._handle(incoming))
-        except DatabaseUnavailableError as err:
+        except OutageError as err:
             self.settle()  # the earlier batches took effect: only this one is read again
             self._rewind(deliveries, err)
             return 0
@@ -217,7 +217,7 @@ class ServiceLoop:
             return []
         try:
             return self._with_retries(batch)
-        except DatabaseUnavailableError:
+        except OutageError:
             raise  # an outage, not a poison message
         except Exception as err:
             if len(batch) == 1:
@@ -291,9 +291,17 @@ class ServiceLoop:
             "updated_at_ns": now_ns(),
             **asdict(self.counters),
         }
-        tmp = self.status_file.with_suffix(".tmp")
+        write_status_file(self.status_file, status)
+
+
+def write_status_file(path: Path, status: dict[str, Any]) -> None:
+    """Replace a status file whole; a full disk costs the status, never the service."""
+    tmp = path.with_suffix(".tmp")
+    try:
         tmp.write_text(json.dumps(status))
-        tmp.replace(self.status_file)
+        tmp.replace(path)
+    except OSError as err:
+        log.warning("cannot write the status file", path=str(path), error=str(err))
 
 
 def _next_offsets(deliveries: Sequence[Delivery]) -> dict[TopicPartition, int]:

@@ -7,10 +7,11 @@ contract tests and handler tests run without a broker.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -175,6 +176,17 @@ class MemoryConsumer:
         self.bus._leave(self)
 
 
+@contextlib.contextmanager
+def kafka_errors(what: str) -> Iterator[None]:
+    """kafka-python's errors as BusError: the service loop waits those out."""
+    from kafka.errors import KafkaError
+
+    try:
+        yield
+    except KafkaError as err:
+        raise BusError(f"{what}: {err}") from err
+
+
 # --- Kafka ---------------------------------------------------------------------------------------
 
 
@@ -292,7 +304,9 @@ class KafkaBus:
             consumer.close()
 
     def close(self) -> None:
-        self._producer.close()
+        # Bounded: after an outage kafka-python may wait forever on an expired batch; what
+        # was not acknowledged by now is sent again by the next run (at least once).
+        self._producer.close(timeout=10)
 
 
 class _Unconnected:
@@ -339,7 +353,8 @@ class KafkaTopicConsumer:
         )
 
     def poll(self, timeout_s: float, max_records: int) -> list[Delivery]:
-        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        with kafka_errors("Kafka did not answer a poll"):
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         out = [
             Delivery(
                 r.topic.removeprefix(self._ns), r.partition, r.offset, r.key, r.value, r.timestamp
@@ -353,11 +368,10 @@ class KafkaTopicConsumer:
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         from kafka import OffsetAndMetadata
         from kafka import TopicPartition as KafkaPartition
-        from kafka.errors import KafkaError
 
         if not offsets:
             return
-        try:
+        with kafka_errors("Kafka did not take the commit"):
             self._consumer.commit(
                 {
                     KafkaPartition(self._ns + t, p): OffsetAndMetadata(o, "", -1)
@@ -365,8 +379,6 @@ class KafkaTopicConsumer:
                 },
                 timeout_ms=30_000,
             )
-        except KafkaError as err:
-            raise BusError(f"Kafka did not take the commit: {err}") from err
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         from kafka import TopicPartition as KafkaPartition
@@ -386,9 +398,11 @@ class KafkaTopicConsumer:
         # partitions not fetched yet (a request each time would load it on every idle poll).
         ends = {tp: self._consumer.highwater(tp) for tp in assigned}
         unknown = [tp for tp, end in ends.items() if end is None]
-        if unknown:
-            ends.update(self._consumer.end_offsets(unknown))
-        return sum(max(0, ends[tp] - self._consumer.position(tp)) for tp in assigned)
+        with kafka_errors("Kafka did not give the consumer lag"):
+            if unknown:
+                ends.update(self._consumer.end_offsets(unknown))
+            return sum(max(0, ends[tp] - self._consumer.position(tp)) for tp in assigned)
 
     def close(self) -> None:
-        self._consumer.close()
+        with contextlib.suppress(Exception):  # leaving: the broker may be gone
+            self._consumer.close(autocommit=False, timeout_ms=5000)

@@ -16,7 +16,6 @@ so a restart neither loses nor repeats a file, with no local state to corrupt.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -31,6 +30,7 @@ import structlog
 from ..bus import codec
 from ..bus.outage import Outage
 from ..bus.readback import read_to_end
+from ..bus.runner import write_status_file
 from ..bus.topics import RAW_ARRIVALS
 from ..bus.transport import Bus
 from ..core.errors import BusError, ConfigError, UndecodableMessageError
@@ -298,9 +298,7 @@ def _write_status(path: Path, watcher_id: str, produced: int, last_message_ns: i
         "last_message_ns": last_message_ns,
         "lag": 0,
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(status))
-    tmp.replace(path)
+    write_status_file(path, status)
 
 
 def _plausibly_complete(name: str, size: int) -> bool:
