@@ -20,6 +20,7 @@ log = structlog.get_logger(__name__)
 @dataclass
 class Outage:
     service: str
+    what: str = "broker"  # what is away, for the log lines
     backoff_s: float = 1.0
     max_backoff_s: float = 30.0
     _since: float | None = None
@@ -37,13 +38,13 @@ class Outage:
         if self._since is None:
             self._since = time.monotonic()
             log.warning(
-                "broker unavailable: keeping unsent messages and retrying",
+                f"{self.what} unavailable: keeping unsent messages and retrying",
                 service=self.service,
                 error=str(err),
             )
         self._delay = min(self.max_backoff_s, max(self.backoff_s, self._delay * 2))
         log.info(
-            "still waiting for the broker",
+            f"still waiting for the {self.what}",
             service=self.service,
             attempt=self._attempts,
             down_s=round(time.monotonic() - self._since, 1),
@@ -56,7 +57,7 @@ class Outage:
         if self._since is None:
             return
         log.warning(
-            "broker available again",
+            f"{self.what} available again",
             service=self.service,
             down_s=round(time.monotonic() - self._since, 1),
             attempts=self._attempts,

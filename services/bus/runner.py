@@ -148,8 +148,13 @@ class ServiceLoop:
         try:
             outputs.extend(self._handle(incoming))
         except OutageError as err:
-            self.settle()  # the earlier batches took effect: only this one is read again
-            self._rewind(deliveries, err)
+            # The earlier batches took effect: once committed, only this one is read again.
+            earlier = list(self._uncommitted)
+            try:
+                committed = self.settle()
+            except BusError:
+                committed = False
+            self._rewind(deliveries if committed else [*earlier, *deliveries], err)
             return 0
         handled = time.perf_counter()
         self.counters.handle_s += handled - started
@@ -173,17 +178,19 @@ class ServiceLoop:
             self.settle()
         return len(deliveries)
 
-    def settle(self) -> None:
-        """Wait for the outputs sent so far to be acknowledged, then commit their inputs."""
+    def settle(self) -> bool:
+        """Wait for the outputs sent so far to be acknowledged, then commit their inputs;
+        False if they were not acknowledged (they are read again). A failed commit raises
+        BusError and keeps them, for the next settle to commit."""
         if not self._uncommitted:
             self._last_commit = time.monotonic()
-            return
+            return True
         started = time.perf_counter()
         try:
             self.bus.flush()
         except BusError as err:  # not acknowledged: handle again (handlers are idempotent)
             self._rewind(self._uncommitted, err)
-            return
+            return False
         flushed = time.perf_counter()
         self.counters.produce_s += flushed - started
         # A partition given to another member since (a rebalance) is not ours to commit: its
@@ -197,6 +204,7 @@ class ServiceLoop:
         self.counters.commit_s += time.perf_counter() - flushed
         self._uncommitted = []
         self._last_commit = time.monotonic()
+        return True
 
     def _rewind(self, deliveries: Sequence[Delivery], err: Exception) -> None:
         """Read these messages again later: their effects did not happen (or not surely)."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..core.errors import BusError, ConfigError
+from .topics import ALL_TOPICS
 
 TopicPartition = tuple[str, int]
 
@@ -246,7 +247,7 @@ class KafkaBus:
         (kafka-python's flush() can wait forever on a batch that expired in an outage) and
         start a new one; the caller sends again, or handles the messages again."""
         self._pending = []
-        self._producer.close(timeout=0)
+        _discard(self._producer)
         try:
             self._producer = self._new_producer()
         except BusError:  # no broker now: the next send tries again
@@ -295,8 +296,16 @@ class KafkaBus:
             raise BusError(f"cannot reach Kafka at {self.bootstrap}: {err}") from err
         try:
             physical = self.namespace + topic
-            parts = consumer.partitions_for_topic(physical) or set()
-            ends = consumer.end_offsets([KafkaPartition(physical, p) for p in parts])
+            # The table's partition count: asking the broker for it can wait forever.
+            known = {t.name: t.partitions for t in ALL_TOPICS}
+            parts = (
+                range(known[topic])
+                if topic in known
+                else consumer.partitions_for_topic(physical) or set()
+            )
+            ends = consumer.end_offsets(
+                [KafkaPartition(physical, p) for p in parts], timeout_ms=10_000
+            )
             return {tp.partition: int(off) for tp, off in ends.items()}
         except KafkaError as err:
             raise BusError(f"Kafka did not give the end of {topic}: {err}") from err
@@ -306,7 +315,19 @@ class KafkaBus:
     def close(self) -> None:
         # Bounded: after an outage kafka-python may wait forever on an expired batch; what
         # was not acknowledged by now is sent again by the next run (at least once).
-        self._producer.close(timeout=10)
+        _discard(self._producer, timeout_s=10)
+
+
+def _discard(producer: Any, timeout_s: float = 0) -> None:
+    """Close a producer whatever it still holds: kafka-python's close() flushes first and
+    raises when a batch is stuck; its sender thread is then stopped without waiting."""
+    try:
+        producer.close(timeout=timeout_s)
+    except Exception:  # a stuck batch: nothing more to wait for
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            with contextlib.suppress(Exception):
+                sender.force_close()
 
 
 class _Unconnected:
@@ -400,8 +421,10 @@ class KafkaTopicConsumer:
         unknown = [tp for tp, end in ends.items() if end is None]
         with kafka_errors("Kafka did not give the consumer lag"):
             if unknown:
-                ends.update(self._consumer.end_offsets(unknown))
-            return sum(max(0, ends[tp] - self._consumer.position(tp)) for tp in assigned)
+                ends.update(self._consumer.end_offsets(unknown, timeout_ms=2000))
+            positions = {tp: self._consumer.position(tp, timeout_ms=2000) for tp in assigned}
+        # A position not known yet (the coordinator is away): counted when it is.
+        return sum(max(0, ends[tp] - pos) for tp, pos in positions.items() if pos is not None)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # leaving: the broker may be gone

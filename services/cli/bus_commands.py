@@ -20,7 +20,7 @@ from ..bus.topics import ALL_TOPICS, topic
 from ..bus.transport import KafkaBus
 from ..core import runfiles
 from ..core.dimensions import parse_data_id_args
-from ..core.errors import BusError, ConfigError
+from ..core.errors import BusError, ConfigError, OutageError
 from ..core.timespan import Timespan, ns_to_iso
 from . import supervisor
 from . import up as up_mod
@@ -191,13 +191,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
         (run_dir / f"{name}.pid").unlink(missing_ok=True)
         return 0
     try:
-        up_mod.service(
-            args.service, name, args.repo, bus, args.watch, args.transfer, args.watch_mode
-        ).run(stop)
+        runnable = _build(args, name, bus, stop)
+        if runnable is not None:
+            runnable.run(stop)
     finally:
         bus.close()
         (run_dir / f"{name}.pid").unlink(missing_ok=True)
     return 0
+
+
+def _build(
+    args: argparse.Namespace, name: str, bus: KafkaBus, stop: threading.Event
+) -> up_mod.Runnable | None:
+    """The service, once its database answers (an outage at start is waited out like one
+    later on, not a crash the supervisor would give up on); None if stopped first."""
+    outage = Outage(name, what="database", max_backoff_s=5.0)
+    while not stop.is_set():
+        try:
+            runnable = up_mod.service(
+                args.service, name, args.repo, bus, args.watch, args.transfer, args.watch_mode
+            )
+        except OutageError as err:
+            outage.wait(err, stop)
+            continue
+        outage.ok()
+        return runnable
+    return None
 
 
 def _connect(name: str, stop: threading.Event) -> KafkaBus | None:

@@ -102,7 +102,8 @@ class Supervisor:
     broker_started: bool = False  # ... and `up` started it: stop it at the end
     state_extra: dict[str, Any] = field(default_factory=dict)
     broker: dict[str, Any] = field(default_factory=lambda: {"restarts": 0, "state": "unknown"})
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    _broker_start: subprocess.Popen[str] | None = None
 
     def run(self, stop: threading.Event, poll_s: float = 0.2) -> None:
         env = dict(os.environ)
@@ -166,21 +167,38 @@ class Supervisor:
         return True
 
     def _watch_broker(self, stop: threading.Event) -> None:
-        """The local broker `up` started: start it again if it died."""
+        """The local broker: start it again if it died, on the port the services know."""
         script = ["bash", str(KAFKA_SCRIPT)]
+        env = dict(os.environ)
+        port = self.state_extra.get("bootstrap", "").rpartition(":")[2]
+        if port.isdigit():
+            env["OBSBUS_KAFKA_PORT"] = port
         while not stop.wait(self.policy.broker_check_s):
-            if subprocess.run([*script, "status"], capture_output=True).returncode == 0:
+            if subprocess.run([*script, "status"], env=env, capture_output=True).returncode == 0:
                 self._set_broker("running")
                 continue
             log.warning("local broker is down; starting it again (deploy/kafka.sh start)")
             self._set_broker("restarting")
-            result = subprocess.run([*script, "start"], capture_output=True, text=True)
+            with self._lock:
+                if stop.is_set():
+                    return
+                self._broker_start = subprocess.Popen(
+                    [*script, "start"],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            output, _ = self._broker_start.communicate()
+            result = subprocess.CompletedProcess(script, self._broker_start.returncode, output)
+            if stop.is_set():
+                return
             if result.returncode == 0:
                 self.broker["restarts"] += 1
                 log.warning("local broker restarted", restarts=self.broker["restarts"])
                 self._set_broker("running")
             else:
-                log.error("local broker did not start", error=result.stderr.strip()[-300:])
+                log.error("local broker did not start", error=result.stdout.strip()[-300:])
                 self._set_broker("down")
 
     def _set_broker(self, state: str) -> None:
@@ -189,6 +207,9 @@ class Supervisor:
             self.write_state()
 
     def stop_all(self, timeout_s: float = 15.0) -> None:
+        with self._lock:  # a broker restart under way would outlive `down`
+            if self._broker_start is not None and self._broker_start.poll() is None:
+                self._broker_start.terminate()
         running = [c for c in self.children if c.proc is not None and c.proc.poll() is None]
         for child in running:
             assert child.proc is not None
@@ -219,12 +240,19 @@ class Supervisor:
                 "broker": dict(self.broker),
                 "services": {c.name: c.summary() for c in self.children},
                 # Live pids, for `down` and for readers that predate "services".
-                "pids": {c.name: c.proc.pid for c in self.children if c.proc is not None},
+                "pids": {
+                    c.name: c.proc.pid
+                    for c in self.children
+                    if c.proc is not None and c.proc.poll() is None
+                },
             }
             path = run_dir(self.repo) / STATE_NAME
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(state))
-            tmp.replace(path)
+            try:
+                tmp.write_text(json.dumps(state))
+                tmp.replace(path)
+            except OSError as err:  # a full disk costs `status` its news, not the services
+                log.warning("cannot write the state file", path=str(path), error=str(err))
 
 
 def service_argv(name: str, repo: Path, watch: Path) -> list[str]:

@@ -9,6 +9,7 @@ everything cleanly on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -38,7 +39,7 @@ from .supervisor import KAFKA_SCRIPT, STATE_NAME, describe_exit
 SERVICE_NAMES = ("registry", "calib", "ingest", "watcher")
 
 
-class _Runnable:
+class Runnable:
     """A service ready to run until ``stop`` is set."""
 
     def __init__(self, target: Any, butler: Butler | None = None) -> None:
@@ -60,7 +61,7 @@ def service(
     watch: list[Path],
     transfer: str,
     watch_mode: str = "auto",
-) -> _Runnable:
+) -> Runnable:
     """Build one of the four services (the handlers are plain functions; see their modules)."""
     status = run_dir(repo) / f"{name}.json"
     if kind == "watcher":
@@ -68,7 +69,7 @@ def service(
 
         if not watch:
             raise ConfigError("the watcher needs --watch DIR")
-        return _Runnable(Watcher(bus, watch, name, status_file=status, mode=watch_mode))
+        return Runnable(Watcher(bus, watch, name, status_file=status, mode=watch_mode))
     butler = Butler.open(repo, actor=f"obsbus {kind} service ({name})")
     if kind == "ingest":
         from ..ingest.service import IngestHandler
@@ -77,7 +78,7 @@ def service(
         topics, group = [RAW_ARRIVALS.name], "obsbus-ingest"
         # Small batches: each file's command leaves as soon as its few neighbours are done
         # (a 500-file batch would hold an exposure's first file until the last is ingested).
-        return _Runnable(
+        return Runnable(
             ServiceLoop(name, bus, group, topics, handler, status_file=status, max_records=16),
             butler,
         )
@@ -91,7 +92,7 @@ def service(
 
         handler = CalibHandler(butler.registry, name)
         topics, group = [BLESSING_REQUESTS.name], "obsbus-calib"
-    return _Runnable(ServiceLoop(name, bus, group, topics, handler, status_file=status), butler)
+    return Runnable(ServiceLoop(name, bus, group, topics, handler, status_file=status), butler)
 
 
 def _start_broker() -> tuple[bool, bool]:
@@ -140,7 +141,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             repo, watch, (local_broker, started_broker), settings.resolved_bootstrap()
         )
     except BaseException:
-        if started_broker:  # leave nothing running behind a failed start
+        _stop(repo)  # leave nothing running behind a failed start (Ctrl-C included)
+        if started_broker:
             subprocess.run(["bash", str(KAFKA_SCRIPT), "stop"], capture_output=True)
         raise
     pids = ", ".join(f"{n} pid {s['pid']}" for n, s in state["services"].items())
@@ -195,7 +197,11 @@ def _start_supervisor(
                 f"see {logs / 'supervisor.log'}"
             )
         time.sleep(0.1)
-    proc.kill()
+    proc.terminate()  # it stops what it started
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
     raise BusError(f"the services did not start within {timeout_s:.0f} s; see {logs}")
 
 
@@ -330,13 +336,15 @@ def _stop(repo: Path) -> list[str]:
 
 def _terminate(pids: list[int], timeout_s: float, verb: str = "serve") -> None:
     for pid in pids:
-        os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # gone since it was looked at
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and any(alive(p, verb=verb) for p in pids):
         time.sleep(0.1)
     for pid in pids:
         if alive(pid, verb=verb):
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -350,8 +358,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     state = read_state(args.repo)
     statuses = _statuses(args.repo)
+    # Without a live supervisor its last word on each service may be stale: pids tell.
+    supervised = state["services"] if _supervisor_alive(state) else {}
     rows = [
-        _service_row(n, state["services"].get(n, {}), statuses.get(n, {}))
+        _service_row(n, supervised.get(n, {}), statuses.get(n, {}))
         for n in sorted(set(state["services"]) | set(statuses))
     ]
     if "supervisor_pid" in state:
