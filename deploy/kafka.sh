@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local single-node Kafka broker (KRaft) for obsbus development and tests.
 #
-#   deploy/kafka.sh start|stop|status|bootstrap|logs [tail args]
+#   deploy/kafka.sh start|stop|status|bootstrap|logs [tail args]|fetch
 #
 # The broker is the Maven artifact org.apache.kafka:kafka_2.13 (deploy/kafka/pom.xml), fetched
 # once into deploy/kafka/lib/ (git-ignored; Maven caches downloads in ~/.m2) and run with the
@@ -9,7 +9,8 @@
 # server.properties (written from deploy/kafka/server.properties.in on every start), data/,
 # kafka.log, kafka.pid, cluster.id. Listens on 127.0.0.1:${OBSBUS_KAFKA_PORT:-19092}, with its
 # controller on ${OBSBUS_KAFKA_CONTROLLER_PORT:-port+1}; no authentication (local use only).
-# The process is only ever stopped through its recorded pid.
+# The process is only ever stopped through its recorded pid. `fetch` only fetches the jars
+# (deploy/cluster/cluster.sh runs its three brokers from the same ones).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -232,5 +233,6 @@ case "${1:-}" in
     status) cmd_status ;;
     bootstrap) echo "127.0.0.1:$(current_port)" ;;
     logs) cmd_logs "$@" ;;
-    *) echo "usage: $0 start|stop|status|bootstrap|logs [tail args]" >&2; exit 2 ;;
+    fetch) mkdir -p "$BASE" && exec 9>"$BASE/lock" && flock 9 && ensure_tools && fetch_jars ;;
+    *) echo "usage: $0 start|stop|status|bootstrap|logs [tail args]|fetch" >&2; exit 2 ;;
 esac
