@@ -33,6 +33,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 from services.bus.topics import INGEST_OUTCOMES  # noqa: E402
 from tests.support.services import (  # noqa: E402
     Supervised,
+    free_port_pair,
     land_exposure,
     new_repo,
     night_findings,
@@ -40,21 +41,6 @@ from tests.support.services import (  # noqa: E402
 
 KAFKA_SH = PROJECT_ROOT / "deploy" / "kafka.sh"
 VICTIMS = ("watcher", "ingest", "registry", "calib", "broker")
-
-
-def free_port_pair() -> int:
-    import socket
-
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
 
 
 def kafka(env: dict[str, str], action: str) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from tests.support.services import (
     Supervised,
     all_outcomes,
     check_night,
+    free_port_pair,
     kafka_bootstrap,
     land_exposure,
     new_repo,
@@ -29,19 +29,6 @@ from tests.support.services import (
 
 pytestmark = pytest.mark.timeout(900)
 KAFKA_SH = REPO_ROOT / "deploy" / "kafka.sh"
-
-
-def free_port_pair() -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
 
 
 @pytest.fixture

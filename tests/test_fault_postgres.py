@@ -24,11 +24,11 @@ from tests.support.services import (
     Services,
     all_outcomes,
     check_night,
+    free_port_pair,
     kafka_bootstrap,
     land_exposure,
     new_repo,
 )
-from tests.test_fault_broker import free_port_pair
 
 pytestmark = pytest.mark.timeout(900)
 POSTGRES_SH = REPO_ROOT / "deploy" / "postgres.sh"

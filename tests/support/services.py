@@ -242,3 +242,19 @@ def all_outcomes(services: Services, files: Sequence[Path]) -> list[dict[str, An
     )
     assert {o["file"] for o in outcomes} >= wanted, services.logs()
     return outcomes
+
+
+def free_port_pair() -> int:
+    """A free port whose successor is free too (a broker's client and controller ports)."""
+    import socket
+
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
