@@ -6,11 +6,10 @@ import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Generic, TypeVar
 
 from _bus_common import tai_minus_unix_ns
 
-from services.bus import codec
 from services.bus.config import KafkaSettings
 from services.bus.readback import read_to_end
 from services.bus.topics import (
@@ -21,15 +20,19 @@ from services.bus.topics import (
 )
 from services.bus.transport import Delivery
 from services.core.timespan import now_ns
+from services.messages import IngestOutcome, RawArrival, Record, RegistryCommand
+from services.registry.commands import IngestRaw
 
 # --- following the topics -------------------------------------------------------------------
 
+M = TypeVar("M", bound=Record)
+
 
 @dataclass
-class Seen:
-    """One message the tracker consumed: its decoded value, producer timestamp, receipt."""
+class Seen(Generic[M]):
+    """One message the tracker consumed: its decoded record, producer timestamp, receipt."""
 
-    value: dict[str, Any]
+    message: M
     sent_ns: int  # the Kafka record timestamp (producer send time), as TAI ns
     received_ns: int  # when this process decoded it live (TAI ns; 0 if read back later)
 
@@ -42,9 +45,9 @@ class Tracker:
     """
 
     settings: KafkaSettings
-    arrivals: dict[str, Seen] = field(default_factory=dict)  # by file path
-    commands: dict[str, Seen] = field(default_factory=dict)
-    outcomes: dict[str, Seen] = field(default_factory=dict)
+    arrivals: dict[str, Seen[RawArrival]] = field(default_factory=dict)  # by file path
+    commands: dict[str, Seen[RegistryCommand]] = field(default_factory=dict)
+    outcomes: dict[str, Seen[IngestOutcome]] = field(default_factory=dict)
     dead_letters: int = 0
     error: str | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -96,9 +99,9 @@ class Tracker:
         if d.topic == DEAD_LETTERS.name:
             self.dead_letters += 1
             return
-        value = codec.decode(d.value).value
+        outcome = IngestOutcome.decode(d.value)
         with self._lock:
-            self.outcomes.setdefault(value["file"], Seen(value, sent_ns, now_ns()))
+            self.outcomes.setdefault(outcome.file, Seen(outcome, sent_ns, now_ns()))
 
     def read_back(self) -> None:
         """Read the arrivals and commands published so far (from the start of the topics)."""
@@ -108,21 +111,18 @@ class Tracker:
         group = f"bus-bench-read-back-{uuid.uuid4().hex[:8]}"
         try:
             for d in read_to_end(bus, topics, group):
-                seen = Seen(
-                    codec.decode(d.value).value,
-                    d.timestamp_ms * 1_000_000 + tai_minus_unix,
-                    0,  # not received live
-                )
-                self._take_back(d.topic, seen)
+                self._take_back(d, d.timestamp_ms * 1_000_000 + tai_minus_unix)
         finally:
             bus.close()
 
-    def _take_back(self, topic: str, seen: Seen) -> None:
-        value = seen.value
-        with self._lock:
-            if topic == RAW_ARRIVALS.name:
-                self.arrivals.setdefault(value["path"], seen)
-            else:
-                body = value["body"][1] if isinstance(value["body"], tuple) else value["body"]
-                if "file" in body:
-                    self.commands.setdefault(body["file"], seen)
+    def _take_back(self, d: Delivery, sent_ns: int) -> None:
+        """An arrival or a raw's command read back (received_ns 0: not received live)."""
+        if d.topic == RAW_ARRIVALS.name:
+            arrival = RawArrival.decode(d.value)
+            with self._lock:
+                self.arrivals.setdefault(arrival.path, Seen(arrival, sent_ns, 0))
+            return
+        command = RegistryCommand.decode(d.value)
+        if isinstance(command.body, IngestRaw):  # the only command about one file
+            with self._lock:
+                self.commands.setdefault(command.body.file, Seen(command, sent_ns, 0))

@@ -14,7 +14,7 @@ from typing import Any
 
 from _bus_common import PROJECT_ROOT, log
 
-from services.bus import codec
+from services import messages
 from services.bus.runner import Incoming, Outgoing
 from services.bus.topics import (
     RAW_ARRIVALS,
@@ -23,43 +23,42 @@ from services.bus.topics import (
 from services.bus.transport import Delivery, MemoryBus
 from services.butler import Butler
 from services.core.timespan import now_ns, ns_to_iso
-from services.ingest.service import IngestHandler
-from services.ingest.watcher import Watcher
+from services.handlers.ingest import IngestHandler
+from services.handlers.registry import RegistryHandler
+from services.handlers.watcher import Watcher
 from services.instruments import load_instrument
 from services.instruments.simcam import write_exposure
-from services.registry.service import RegistryHandler
+from services.messages import RawArrival, Record
 
 # --- in-process profile of the handlers -----------------------------------------------------
 
 
-def arrival_for(path: Path) -> dict[str, Any]:
+def arrival_for(path: Path) -> RawArrival:
     st = path.stat()
-    return {
-        "arrival_id": str(uuid.uuid4()),
-        "path": str(path),
-        "folder": str(path.parent),
-        "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
-        "detected_at_ns": now_ns(),
-        "watcher": "bus-bench",
-    }
+    return RawArrival(
+        arrival_id=str(uuid.uuid4()),
+        path=str(path),
+        folder=str(path.parent),
+        size=st.st_size,
+        mtime_ns=st.st_mtime_ns,
+        detected_at_ns=now_ns(),
+        watcher="bus-bench",
+    )
 
 
 _OFFSETS = itertools.count()
 
 
-def incoming(
-    topic: str, messages: Sequence[tuple[str | None, str, dict[str, Any]]]
-) -> list[Incoming]:
+def incoming(topic: str, sent: Sequence[tuple[str | None, Record]]) -> list[Incoming]:
     """What the service loop would hand a handler: encoded, then decoded, like off the wire."""
     out = []
     first = next(_OFFSETS)  # distinct offsets: the registry skips (topic, partition, offset) seen
-    for offset, (key, record, value) in enumerate(messages, start=first * 1_000_000):
-        data = codec.encode(record, value)
+    for offset, (key, message) in enumerate(sent, start=first * 1_000_000):
+        data = message.encode()
         raw_key = None if key is None else key.encode()
-        decoded = codec.decode(data)
+        decoded = messages.decode(data)
         delivery = Delivery(topic, 0, offset, raw_key, data, 0)
-        out.append(Incoming(delivery, decoded.record_name, decoded.value))
+        out.append(Incoming(delivery, decoded))
     return out
 
 
@@ -84,7 +83,7 @@ def _run(
         profiler.enable()
     out = handler(batch)
     for o in out:
-        codec.encode(o.record, o.value)
+        o.message.encode()
     if profiler is not None:
         profiler.disable()
     wall = time.perf_counter() - t0
@@ -103,22 +102,17 @@ def profile_handlers(tmp: Path, top: int, transfer: str) -> None:
     with Butler.open(repo, actor="bus_bench") as butler:
         ingest = IngestHandler(butler, transfer=transfer, name="bus-bench")
         registry = RegistryHandler(butler.registry, "bus-bench-registry")
-        ingest(incoming(RAW_ARRIVALS.name, [(None, "RawArrival", arrival_for(timed_files[0]))]))
+        ingest(incoming(RAW_ARRIVALS.name, [(None, arrival_for(timed_files[0]))]))
         commands: dict[str, list[Outgoing]] = {}
         for label, files in (("timed", timed_files[1:]), ("profiled", profiled_files)):
-            batch = incoming(
-                RAW_ARRIVALS.name,
-                [(str(p.parent), RAW_ARRIVALS.record, arrival_for(p)) for p in files],
-            )
+            batch = incoming(RAW_ARRIVALS.name, [(str(p.parent), arrival_for(p)) for p in files])
             out, result = _run(
                 "ingest handler (+ encode of its commands)", ingest, batch, label == "profiled"
             )
             commands[label] = out
             results.append(result)
         for label in ("timed", "profiled"):
-            batch = incoming(
-                REGISTRY_COMMANDS.name, [(o.key, o.record, o.value) for o in commands[label]]
-            )
+            batch = incoming(REGISTRY_COMMANDS.name, [(o.key, o.message) for o in commands[label]])
             name = "registry handler (one batch, one transaction; + encode of its answers)"
             results.append(_run(name, registry, batch, label == "profiled")[1])
     for r in results:

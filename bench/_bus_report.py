@@ -86,15 +86,15 @@ def file_times(bursts: Sequence[Burst], tracker: Tracker) -> list[FileTimes]:
                         landed=b.landed_ns,
                         mtime=None
                         if arrival is None
-                        else arrival.value["mtime_ns"] + tai_minus_unix,
-                        detected=None if outcome is None else outcome.value["detected_at_ns"],
-                        ingested=None if command is None else command.value["issued_at_ns"],
+                        else arrival.message.mtime_ns + tai_minus_unix,
+                        detected=None if outcome is None else outcome.message.detected_at_ns,
+                        ingested=None if command is None else command.message.issued_at_ns,
                         command_sent=None if command is None else command.sent_ns,
-                        worker=None if command is None else command.value["issued_by"],
-                        decided=None if outcome is None else outcome.value["finished_at_ns"],
+                        worker=None if command is None else command.message.issued_by,
+                        decided=None if outcome is None else outcome.message.finished_at_ns,
                         outcome_sent=None if outcome is None else outcome.sent_ns,
                         received=None if outcome is None else outcome.received_ns,
-                        status=None if outcome is None else outcome.value["status"],
+                        status=None if outcome is None else outcome.message.status,
                     )
                 )
     return out

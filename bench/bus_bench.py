@@ -322,7 +322,7 @@ def measure(
     tracker.read_back()
     with tracker._lock:
         owner = {
-            arrivals_partition(str(Path(p).parent)): tracker.commands[p].value["issued_by"]
+            arrivals_partition(str(Path(p).parent)): tracker.commands[p].message.issued_by
             for p in warm
             if p in tracker.commands
         }

@@ -46,8 +46,9 @@ from typing import Any
 
 from services.butler import Butler
 from services.ingest.headers import configure_offline_translation
-from services.ingest.raws import IngestOutcome, PreparedFile, RawIngester, find_raw_files
+from services.ingest.raws import PreparedFile, RawIngester, find_raw_files
 from services.instruments.simcam import SimCam, SimCamTranslator, generate_night
+from services.messages import IngestOutcome
 
 PG_ENV = "OBSBUS_TEST_POSTGRES_URL"
 TRANSFERS = ("copy", "direct")

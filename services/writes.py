@@ -4,7 +4,7 @@ While a registry service serves the repository it is the only writer (it owns th
 and its command topic is what a replay rebuilds the registry from), so the command line and
 the library send their changes to it as registry commands and wait for its answer. Otherwise
 they apply them here, in one transaction. Either way the same function applies them
-(``services.registry.commands.apply_command``), so the result is the same.
+(``services.registry.command_types.apply_command``), so the result is the same.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Protocol
 
 from .bus.config import KafkaSettings
-from .bus.messages import registry_command
 from .bus.request import request
 from .bus.topics import REGISTRY_COMMANDS, REGISTRY_EVENTS, WRITES_KEY
 from .bus.transport import Bus
 from .core.errors import CommandRejectedError, NoAnswerError, RegistryServedError
 from .core.runfiles import service_pid
+from .messages import RegistryCommand, RegistryEvent
 from .registry.changes import ChangeSet
-from .registry.commands import Certify, Decertify, SetChain, apply_command
+from .registry.command_types import apply_command
+from .registry.commands import Certify, Decertify, SetChain
 from .registry.registry import Registry
 
 Change = ChangeSet | Certify | Decertify | SetChain
@@ -53,19 +54,20 @@ class BusWrites:
     def apply(self, change: Change) -> None:
         if self._bus is None:
             self._bus = KafkaSettings().bus(f"obsbus-writes-{os.getpid()}")
-        command = registry_command(change, self.issued_by)
+        command = RegistryCommand.new(change, self.issued_by)
         answer = request(
             self._bus,
             REGISTRY_COMMANDS,
             WRITES_KEY,
             command,
             REGISTRY_EVENTS,
-            lambda event: bool(event["command_id"] == command["command_id"]),
+            RegistryEvent,
+            lambda event: event.command_id == command.command_id,
             timeout_s=self.timeout_s,
             waiting_for="registry service",
         )
-        if answer["kind"] == "command-rejected":
-            raise CommandRejectedError(answer["message"], answer["reason"])
+        if answer.kind == "command-rejected":
+            raise CommandRejectedError(answer.message, answer.reason)
 
     def close(self) -> None:
         if self._bus is not None:

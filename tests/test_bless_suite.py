@@ -11,8 +11,6 @@ from typing import Any
 
 import pytest
 
-from services.bus import codec
-from services.bus.messages import adjustment_value, command_from, registry_command
 from services.bus.topics import BLESSING_REQUESTS, CALIB_OUTCOMES, REGISTRY_COMMANDS
 from services.butler import Butler
 from services.calib.client import single_suite
@@ -20,6 +18,7 @@ from services.calib.suite import Suite, check_suite, load_suite
 from services.core.errors import InputError, UndecodableMessageError
 from services.core.timespan import Timespan
 from services.instruments import load_instrument
+from services.messages import RegistryCommand, codec
 from services.registry.datasets import DatasetType
 from services.registry.dump import canonical_dump
 from services.registry.suites import CertifyItem, CertifySuite, ValidityAdjustment
@@ -92,7 +91,7 @@ def bless(repo: Butler, tmp_path: Path, *suites: Suite) -> list[dict[str, Any]]:
         bus.send(
             BLESSING_REQUESTS.name,
             s.collection.encode(),
-            codec.encode(BLESSING_REQUESTS.record, s.request(request_id)),
+            s.request(request_id).encode(),
         )
         pipeline.drain()
     outcomes = {o["request_id"]: o for o in decoded(bus, CALIB_OUTCOMES.name)}
@@ -234,8 +233,8 @@ def test_the_registry_refuses_a_suite_that_no_longer_fits(repo: Butler, tmp_path
     before = canonical_dump(repo.registry)
     bus = memory_bus()
     pipeline = Pipeline(bus, repo, tmp_path / "landing")
-    value = registry_command(command, "pytest", command_id="r1")
-    bus.send(REGISTRY_COMMANDS.name, TARGET.encode(), codec.encode(REGISTRY_COMMANDS.record, value))
+    sent = RegistryCommand.new(command, "pytest", command_id="r1")
+    bus.send(REGISTRY_COMMANDS.name, TARGET.encode(), sent.encode())
     pipeline.drain()
     (outcome,) = decoded(bus, CALIB_OUTCOMES.name)
     assert (outcome["status"], outcome["reason"]) == ("rejected", "validity_overlap"), outcome
@@ -309,8 +308,8 @@ def test_a_suite_command_round_trips_through_avro() -> None:
         (ValidityAdjustment("flat", {"instrument": "SimCam", "detector": 3}, "end", None, 5),),
         "req-1",
     )
-    data = codec.encode(REGISTRY_COMMANDS.record, registry_command(command, "pytest"))
-    assert command_from(codec.decode(data).value) == command
+    data = RegistryCommand.new(command, "pytest").encode()
+    assert RegistryCommand.decode(data).body == command
     # A registry service too old to know suites cannot read one: it dead-letters it rather
     # than certify its first item alone.
     for old in ("RegistryCommand.v1", "RegistryCommand.v2"):
@@ -323,15 +322,23 @@ def test_a_suite_command_round_trips_through_avro() -> None:
         "begin_ns": None,
         "end_ns": _ns(T),
         "request_id": "req-1",
-        "adjustments": [adjustment_value(a) for a in command.adjustments],
+        "adjustments": [  # a v2 ValidityAdjustment, as written then
+            {
+                "dataset_type": "flat",
+                "data_id": {"instrument": "SimCam", "detector": 3},
+                "action": "end",
+                "begin_ns": None,
+                "end_ns": 5,
+            }
+        ],
         "further": [
             {"dataset_ids": list(command.items[1].dataset_ids), "begin_ns": _ns(T), "end_ns": None}
         ],
     }
-    value = {**registry_command(command, "pytest"), "body": ("obsbus.Certify", v2)}
+    value = {**RegistryCommand.new(command, "pytest").to_value(), "body": ("obsbus.Certify", v2)}
     registry = codec.default_registry()
     old_data = registry.encode_with(registry.get("RegistryCommand", 2), value)
-    assert command_from(codec.decode(old_data).value) == command
+    assert RegistryCommand.decode(old_data).body == command
 
 
 def test_the_example_suite_file_is_valid() -> None:

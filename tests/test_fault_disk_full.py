@@ -15,7 +15,6 @@ import math
 import os
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,12 @@ from services.bus.transport import Delivery
 from services.butler import Butler
 from services.core.errors import DatastoreFullError, OutageError
 from services.core.runfiles import run_dir
+from services.handlers.ingest import IngestHandler
 from services.ingest.raws import RawIngester
-from services.ingest.service import IngestHandler
 from services.instruments import load_instrument
 from services.instruments.simcam import write_exposure
+from services.messages import RawArrival
+from tests.support.bus import raw_arrival
 from tests.support.cli import Cli
 from tests.support.services import Services, check_night, kafka_bootstrap, new_repo
 
@@ -155,25 +156,13 @@ def test_a_full_disk_is_an_outage_error() -> None:
 # --- the ingest service's handler, driven by hand ----------------------------------------------
 
 
-def arrival(path: Path) -> dict[str, Any]:
-    return {
-        "arrival_id": str(uuid.uuid4()),
-        "path": str(path),
-        "folder": str(path.parent),
-        "size": path.stat().st_size,
-        "mtime_ns": path.stat().st_mtime_ns,
-        "detected_at_ns": 0,
-        "watcher": "pytest",
-    }
-
-
 def command_paths(commands: list[Outgoing]) -> set[str]:
-    return {o.value["body"][1]["datasets"][0]["path"] for o in commands}
+    return {o.message.body.stored[0].path for o in commands}
 
 
-def incoming(values: list[dict[str, Any]]) -> list[Incoming]:
+def incoming(arrivals: list[RawArrival]) -> list[Incoming]:
     delivery = Delivery(RAW_ARRIVALS.name, 0, 0, None, b"", 0)
-    return [Incoming(delivery, RAW_ARRIVALS.record, v) for v in values]
+    return [Incoming(delivery, a) for a in arrivals]
 
 
 def test_ingest_handler_tells_once_then_waits_then_goes_on(
@@ -181,14 +170,14 @@ def test_ingest_handler_tells_once_then_waits_then_goes_on(
 ) -> None:
     disk.leave_room_for(ROOM, raws[0].stat().st_size)
     handler = IngestHandler(repo)
-    out = handler(incoming([arrival(p) for p in raws]))
+    out = handler(incoming([raw_arrival(p) for p in raws]))
     commands = [o for o in out if o.topic == REGISTRY_COMMANDS.name]
     told = [o for o in out if o.topic == INGEST_OUTCOMES.name]
-    again = [o.value for o in out if o.topic == RAW_ARRIVALS.name]
+    again = [o.message for o in out if o.topic == RAW_ARRIVALS.name]
     assert len(commands) == ROOM and len(told) == len(again) == FILES - ROOM
-    assert {o.value["reason"] for o in told} == {"datastore_full"}
+    assert {o.message.reason for o in told} == {"datastore_full"}
     assert all(o.key == "SimCam/2024112500001" for o in told)  # in order with their answers
-    assert "ingested by itself once there is space" in told[0].value["message"]
+    assert "ingested by itself once there is space" in told[0].message.message
     assert_datastore_holds_only(repo, disk, command_paths(commands))
 
     # Only files already told about: an outage for the service loop, and nothing is left.
@@ -199,7 +188,7 @@ def test_ingest_handler_tells_once_then_waits_then_goes_on(
     disk.free()
     resumed = handler(incoming(again))
     assert [o.topic for o in resumed] == [REGISTRY_COMMANDS.name] * (FILES - ROOM)
-    assert {o.value["body"][1]["file"] for o in resumed} == {a["path"] for a in again}
+    assert {o.message.body.file for o in resumed} == {a.path for a in again}
 
 
 def test_ingest_handler_batch_not_made_durable_for_quota(
@@ -209,9 +198,9 @@ def test_ingest_handler_batch_not_made_durable_for_quota(
         raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
 
     monkeypatch.setattr("services.datastore.datastore.sync_files", over_quota)
-    out = IngestHandler(repo)(incoming([arrival(p) for p in raws[:3]]))
+    out = IngestHandler(repo)(incoming([raw_arrival(p) for p in raws[:3]]))
     assert sorted(o.topic for o in out) == [INGEST_OUTCOMES.name] * 3 + [RAW_ARRIVALS.name] * 3
-    assert {o.value["reason"] for o in out if o.topic == INGEST_OUTCOMES.name} == {"datastore_full"}
+    assert {o.message.reason for o in out if o.topic == INGEST_OUTCOMES.name} == {"datastore_full"}
     assert [p for p in repo.datastore.root.rglob("*")] == []
 
 

@@ -26,6 +26,7 @@ from services.ingest.headers import configure_offline_translation
 from services.ingest.observation import exposure_timespan
 from services.ingest.raws import IngestOutcome, RawIngester, find_raw_files
 from services.instruments import load_instrument
+from services.messages import DetectorSwap
 from tests.support import headers as hdrs
 
 HSC = "fitsheader-hsc.yaml"  # detector 50, exposure 904024
@@ -68,7 +69,7 @@ def test_hsc_raw_matches_the_translator(repo: Butler, tmp_path: Path) -> None:
     assert (outcome.instrument, outcome.exposure, outcome.detectors) == (
         "HSC",
         info.exposure_id,
-        [info.detector_num],
+        (info.detector_num,),
     )
     record = repo.registry.fetch_dimension_record(
         "exposure", {"instrument": "HSC", "id": info.exposure_id}
@@ -247,7 +248,7 @@ def test_sensor_swap_is_recorded(repo: Butler, tmp_path: Path) -> None:
     path = hdrs.write_single(HSC, tmp_path / "swapped.fits", T_CCDSN="999")
     (outcome,) = ingest(repo, path)
     assert outcome.status == "ingested"
-    assert outcome.swaps == [{"detector": 50, "old_serial": "120", "new_serial": "999"}]
+    assert outcome.swaps == (DetectorSwap(detector=50, old_serial="120", new_serial="999"),)
     begin = time_to_ns(hdrs.translate_dump(HSC).datetime_begin)
     assert repo.registry.installed_detector("HSC", 50, begin) == "999"
     assert repo.registry.installed_detector("HSC", 50, begin - 1) == "120"

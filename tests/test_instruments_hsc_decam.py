@@ -272,6 +272,6 @@ def test_ingest_splits_a_decam_raw_per_ccd(empty_butler: Any, tmp_path: Path) ->
     images = write_decam_mef(path, [25, 26, 61])
     (outcome,) = RawIngester(empty_butler).ingest([path])
 
-    assert (outcome.status, outcome.detectors, outcome.swaps) == ("ingested", [25, 26, 61], [])
+    assert (outcome.status, outcome.detectors, outcome.swaps) == ("ingested", (25, 26, 61), ())
     for dataset_id, image in zip(outcome.dataset_ids, images, strict=True):
         np.testing.assert_array_equal(empty_butler.get(uuid.UUID(dataset_id)), image)

@@ -20,23 +20,23 @@ import pytest
 import sqlalchemy
 from structlog.testing import capture_logs
 
-from services.bus import codec
-from services.bus.messages import registry_command
 from services.bus.runner import Incoming, Outgoing
 from services.bus.topics import INGEST_OUTCOMES, REGISTRY_COMMANDS
 from services.bus.transport import Delivery
 from services.butler import Butler
 from services.core.errors import DatabaseUnavailableError
-from services.ingest.service import IngestHandler
+from services.handlers.ingest import IngestHandler
+from services.handlers.registry import RegistryHandler
 from services.instruments.simcam import SimCam, write_exposure
 from services.instruments.simcam.instrument import DETECTORS
+from services.messages import RegistryCommand, codec
 from services.registry import generation
 from services.registry.collections import CollectionType
 from services.registry.commands import SetChain
 from services.registry.dump import canonical_dump
 from services.registry.known import KnownRecords
 from services.registry.registry import Registry
-from services.registry.service import RegistryHandler
+from tests.support.bus import raw_arrival
 
 NIGHT = "2024-11-26T01:{:02d}:00"
 SLOT = 1
@@ -86,18 +86,9 @@ def commands(repo: Butler, files: Sequence[Path]) -> list[dict[str, Any]]:
     out = []
     with repo.datastore.transaction(batch_sync=True) as txn:
         for path in files:
-            arrival = {
-                "arrival_id": str(uuid.uuid4()),
-                "path": str(path),
-                "folder": str(path.parent),
-                "size": 1,
-                "mtime_ns": 0,
-                "detected_at_ns": 0,
-                "watcher": "pytest",
-            }
-            sent = ingest.handle(arrival, txn)
-            assert sent.topic == REGISTRY_COMMANDS.name, sent.value
-            out.append(sent.value)
+            sent = ingest.handle(raw_arrival(path, size=1), txn)
+            assert sent.topic == REGISTRY_COMMANDS.name, sent.message
+            out.append(sent.message.to_value())  # a value, for tests that forge commands
     return out
 
 
@@ -105,7 +96,7 @@ def incoming(value: dict[str, Any]) -> Incoming:
     """A command as the service loop hands it over: encoded, decoded, at a new offset."""
     data = codec.encode(REGISTRY_COMMANDS.record, value)
     delivery = Delivery(REGISTRY_COMMANDS.name, 0, next(_OFFSETS), b"k", data, 0)
-    return Incoming(delivery, REGISTRY_COMMANDS.record, codec.decode(data).value)
+    return Incoming(delivery, RegistryCommand.decode(data))
 
 
 def apply(handler: RegistryHandler, values: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -113,7 +104,7 @@ def apply(handler: RegistryHandler, values: Sequence[dict[str, Any]]) -> list[di
 
 
 def outcomes(out: Sequence[Outgoing]) -> list[dict[str, Any]]:
-    return [o.value for o in out if o.topic == INGEST_OUTCOMES.name]
+    return [o.message.to_value() for o in out if o.topic == INGEST_OUTCOMES.name]
 
 
 def results(values: Sequence[dict[str, Any]]) -> list[tuple[str, str | None]]:
@@ -297,7 +288,9 @@ def test_a_record_update_between_batches_is_honoured(
             other.registry.update_dimension_record("exposure", corrected, reason="header fixed")
     with capture_logs() as logs:
         if where.endswith("chain command"):  # ... and a command that is not raw ingest
-            chain = registry_command(SetChain("SimCam/defaults", ("SimCam/raw/all",)), "pytest")
+            chain = RegistryCommand.new(
+                SetChain("SimCam/defaults", ("SimCam/raw/all",)), "pytest"
+            ).to_value()
             handler([incoming(chain)])
         # The next file still carries the old value: it conflicts with the corrected record.
         assert results(apply(handler, [values[2]])) == [("failed", "record_conflict")]

@@ -8,12 +8,14 @@ with one version and reading them with the other through the codec.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import random
 import re
 import subprocess
 import sys
+import typing
 import uuid
 from collections.abc import Iterator
 from importlib import resources
@@ -23,8 +25,7 @@ from typing import Any
 import pytest
 from fastavro import schemaless_writer
 
-from services.bus import codec
-from services.bus.codec import Message, Schema, SchemaRegistry
+from services import messages
 from services.bus.topics import ALL_TOPICS
 from services.core.errors import (
     SchemaFileError,
@@ -32,6 +33,8 @@ from services.core.errors import (
     UnencodableMessageError,
     UnknownSchemaError,
 )
+from services.messages import codec
+from services.messages.codec import Message, Schema, SchemaRegistry
 
 REGISTRY = codec.default_registry()
 SCHEMA_FILES = sorted(
@@ -824,7 +827,7 @@ def test_loading_is_lazy(tmp_path: Path) -> None:
     registry = SchemaRegistry(tmp_path / "missing")  # nothing is read yet
     with pytest.raises(SchemaFileError, match=r"cannot read the schema folder .*missing"):
         registry.latest("RawArrival")
-    script = "import services.bus.codec as c; print(c.default_registry.cache_info().currsize)"
+    script = "import services.messages.codec as c; print(c.default_registry.cache_info().currsize)"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0"
 
@@ -858,3 +861,61 @@ def test_nullable_fields_explain_their_inner_problem() -> None:
         f"cannot encode {REGISTRY.latest('RegistryCommand').label}: "
         "body<obsbus.Decertify>.data_ids[0]['detector'] is float 1.5, expected long or string"
     )
+
+
+# --- the typed classes (services/messages/) match their schema files ----------------------------
+
+
+def _nested(schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every named record inside a schema, by short name."""
+    found: dict[str, dict[str, Any]] = {}
+
+    def walk(t: Any) -> None:
+        if isinstance(t, list):
+            for x in t:
+                walk(x)
+        elif isinstance(t, dict):
+            if t.get("type") == "record":
+                found[t["name"].rpartition(".")[2]] = t
+                for f in t["fields"]:
+                    walk(f["type"])
+            else:
+                walk(t.get("items"))
+                walk(t.get("values"))
+
+    walk(schema)
+    return found
+
+
+def _check_fields(cls: type, record: dict[str, Any]) -> None:
+    hints = typing.get_type_hints(cls)
+    ours = {f.name: f for f in dataclasses.fields(cls)}
+    theirs = {f["name"]: f for f in record["fields"]}
+    assert set(ours) == set(theirs), f"{cls.__name__} vs {record['name']}"
+    for name, f in theirs.items():
+        nullable = isinstance(f["type"], list) and "null" in f["type"]
+        optional = type(None) in typing.get_args(hints[name])
+        assert nullable == optional, f"{cls.__name__}.{name}: nullable in the schema iff optional"
+
+
+@pytest.mark.parametrize("cls", list(messages.RECORDS.values()), ids=lambda c: c.RECORD)
+def test_each_record_class_has_the_fields_of_its_latest_schema(cls: type[messages.Record]) -> None:
+    schema = dict(codec.default_registry().latest(cls.RECORD).raw)
+    if cls is messages.RegistryCommand:  # its body: the table of command types
+        assert {f.name for f in dataclasses.fields(cls)} == {f["name"] for f in schema["fields"]}
+        return
+    _check_fields(cls, schema)
+    nested = _nested(schema)
+    for hint in typing.get_type_hints(cls).values():
+        for arg in (hint, *typing.get_args(hint)):
+            if isinstance(arg, type) and issubclass(arg, messages.record.Part):
+                _check_fields(arg, nested[arg.__name__])
+
+
+def test_the_command_table_has_every_branch_of_the_command_union() -> None:
+    from services.registry.command_types import COMMAND_TYPES
+
+    schema = dict(codec.default_registry().latest("RegistryCommand").raw)
+    (body,) = [f for f in schema["fields"] if f["name"] == "body"]
+    branches = {f"obsbus.{b['name']}" if "." not in b["name"] else b["name"] for b in body["type"]}
+    assert branches == {t.branch for t in COMMAND_TYPES}

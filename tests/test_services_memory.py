@@ -5,12 +5,12 @@ The same flows run against the real Kafka broker in test_services_kafka.py.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from pathlib import Path
 
 import pytest
 
-from services.bus import codec
 from services.bus.topics import (
     BLESSING_REQUESTS,
     CALIB_OUTCOMES,
@@ -24,8 +24,9 @@ from services.butler import Butler
 from services.core.timespan import Timespan
 from services.instruments import load_instrument
 from services.instruments.simcam import write_exposure
+from services.messages import BlessingRequest, DeadLetter, RegistryCommand
 from tests.support import headers as hdrs
-from tests.support.bus import Pipeline, decoded, memory_bus, statuses
+from tests.support.bus import Pipeline, decoded, memory_bus, raw_arrival, statuses
 
 
 @pytest.fixture
@@ -110,21 +111,23 @@ def test_undecodable_bytes_go_to_the_dead_letter_topic(repo: Butler, tmp_path: P
 
 def _bless(bus: object, **fields: object) -> str:
     request_id = str(uuid.uuid4())
-    value = {
-        "request_id": request_id,
-        "collection": "SimCam/calib/bless",
-        "dataset_type": "bias",
-        "run": "SimCam/calib/masters",
-        "data_ids": [],
-        "begin_ns": Timespan.from_times("2024-11-01", None).begin,
-        "end_ns": None,
-        "requested_by": "pytest",
-        "reason": "new master bias",
-        "adjustments": [],
-        "requested_at_ns": 0,
-        **fields,
-    }
-    bus.send(BLESSING_REQUESTS.name, b"c", codec.encode(BLESSING_REQUESTS.record, value))  # type: ignore[attr-defined]
+    request = BlessingRequest(
+        **{  # type: ignore[arg-type]
+            "request_id": request_id,
+            "collection": "SimCam/calib/bless",
+            "dataset_type": "bias",
+            "run": "SimCam/calib/masters",
+            "data_ids": (),
+            "begin_ns": Timespan.from_times("2024-11-01", None).begin,
+            "end_ns": None,
+            "requested_by": "pytest",
+            "reason": "new master bias",
+            "adjustments": (),
+            "requested_at_ns": 0,
+            **fields,
+        }
+    )
+    bus.send(BLESSING_REQUESTS.name, b"c", request.encode())  # type: ignore[attr-defined]
     return request_id
 
 
@@ -167,7 +170,7 @@ def test_blessing_request_certifies_or_is_refused(repo: Butler, tmp_path: Path) 
 
 
 def test_watcher_publishes_complete_files_once_across_restarts(tmp_path: Path) -> None:
-    from services.ingest.watcher import Watcher
+    from services.handlers.watcher import Watcher
 
     landing = tmp_path / "landing"
     landing.mkdir()
@@ -180,7 +183,7 @@ def test_watcher_publishes_complete_files_once_across_restarts(tmp_path: Path) -
     partial.write_bytes(b"SIMPLE  =" + b" " * (2 * 2880 - 9))  # the writer finished
     assert watcher.scan() == []  # first sight of the final size: wait one more look
     (published,) = watcher.scan()
-    assert published["path"] == str(partial) and published["size"] == 2 * 2880
+    assert published.path == str(partial) and published.size == 2 * 2880
     # A new watcher process with the same identity learns what was published and repeats none.
     again = Watcher(bus, [landing], "w1", settle_s=0.0)
     assert again.recover() == 1
@@ -193,7 +196,7 @@ def test_watcher_publishes_complete_files_once_across_restarts(tmp_path: Path) -
 
 def test_two_ingest_workers_share_the_partitions(repo: Butler, tmp_path: Path) -> None:
     from services.bus.runner import ServiceLoop
-    from services.ingest.service import IngestHandler
+    from services.handlers.ingest import IngestHandler
 
     landing = tmp_path / "landing"
     bus = memory_bus()
@@ -219,47 +222,35 @@ def test_two_ingest_workers_share_the_partitions(repo: Butler, tmp_path: Path) -
 def test_a_rejected_command_does_not_undo_the_rest_of_its_batch(
     repo: Butler, tmp_path: Path
 ) -> None:
-    import copy
 
     from services.bus.runner import Incoming
     from services.bus.transport import Delivery
-    from services.ingest.service import IngestHandler
-    from services.registry.service import RegistryHandler
+    from services.handlers.ingest import IngestHandler
+    from services.handlers.registry import RegistryHandler
 
     files = write_exposure(tmp_path / "landing", 1, "2024-11-26T01:00:00", detectors=[0, 1])
     ingest = IngestHandler(repo)
     with repo.datastore.transaction(batch_sync=True) as txn:
-        commands = [
-            ingest.handle(
-                {
-                    "arrival_id": str(uuid.uuid4()),
-                    "path": str(f),
-                    "folder": "x",
-                    "size": 1,
-                    "mtime_ns": 0,
-                    "detected_at_ns": 0,
-                    "watcher": "t",
-                },
-                txn,
-            ).value
-            for f in sorted(files)
-        ]
+        commands = [ingest.handle(raw_arrival(f), txn).message for f in sorted(files)]
     handler = RegistryHandler(repo.registry, "test")
 
-    def incoming(value: dict[str, object], offset: int) -> Incoming:
-        data = codec.encode("RegistryCommand", value)
+    def incoming(command: RegistryCommand, offset: int) -> Incoming:
+        data = command.encode()
         return Incoming(
             Delivery(REGISTRY_COMMANDS.name, 0, offset, b"k", data, 0),
-            "RegistryCommand",
-            codec.decode(data).value,
+            RegistryCommand.decode(data),
         )
 
     handler([incoming(commands[1], 0)])  # detector 1 first, on its own
-    forged = copy.deepcopy(commands[1])
-    forged["command_id"] = str(uuid.uuid4())
-    forged["body"][1]["datasets"][0]["checksum"] = "blake2b:" + "0" * 64
+    raw = commands[1].body
+    forged_file = dataclasses.replace(raw.stored[0], checksum="blake2b:" + "0" * 64)
+    forged = dataclasses.replace(
+        commands[1],
+        command_id=str(uuid.uuid4()),
+        body=dataclasses.replace(raw, stored=(forged_file, *raw.stored[1:])),
+    )
     out = handler([incoming(commands[0], 1), incoming(forged, 2)])
-    outcomes = [o.value for o in out if o.topic == INGEST_OUTCOMES.name]
+    outcomes = [o.message.to_value() for o in out if o.topic == INGEST_OUTCOMES.name]
     assert [(o["status"], o["reason"]) for o in outcomes] == [
         ("ingested", None),
         ("failed", "file_conflict"),
@@ -271,7 +262,6 @@ def test_a_rejected_command_does_not_undo_the_rest_of_its_batch(
 def test_a_command_sent_again_is_answered_again_not_applied_again(
     repo: Butler, tmp_path: Path
 ) -> None:
-    from services.bus.messages import registry_command
     from services.registry.commands import Decertify
     from services.registry.datasets import DatasetType
 
@@ -284,26 +274,24 @@ def test_a_command_sent_again_is_answered_again_not_applied_again(
     pipeline.drain()
     # A producer's retry: the same command (same id) at a new offset, after the first applied.
     window = Timespan.from_times("2024-12-01", "2024-12-02")
-    command = registry_command(Decertify("SimCam/calib/bless", "bias", window), "pytest")
-    data = codec.encode(REGISTRY_COMMANDS.record, command)
+    command = RegistryCommand.new(Decertify("SimCam/calib/bless", "bias", window), "pytest")
+    data = command.encode()
     bus.send(REGISTRY_COMMANDS.name, b"c", data)
     pipeline.drain()
     bus.send(REGISTRY_COMMANDS.name, b"c", data)
     pipeline.drain()
     answers = [
-        e for e in decoded(bus, REGISTRY_EVENTS.name) if e["command_id"] == command["command_id"]
+        e for e in decoded(bus, REGISTRY_EVENTS.name) if e["command_id"] == command.command_id
     ]
     assert len(answers) == 2 and answers[0] == answers[1]
     assert answers[0]["message"] == "decertified: 1 row(s)"
     # Both copies in one batch: the first is applied, the second gets its answers.
     later = Timespan.from_times("2024-12-05", "2024-12-06")
-    twice = registry_command(Decertify("SimCam/calib/bless", "bias", later), "pytest")
+    twice = RegistryCommand.new(Decertify("SimCam/calib/bless", "bias", later), "pytest")
     for _ in range(2):
-        bus.send(REGISTRY_COMMANDS.name, b"c", codec.encode(REGISTRY_COMMANDS.record, twice))
+        bus.send(REGISTRY_COMMANDS.name, b"c", twice.encode())
     pipeline.drain()
-    answers = [
-        e for e in decoded(bus, REGISTRY_EVENTS.name) if e["command_id"] == twice["command_id"]
-    ]
+    answers = [e for e in decoded(bus, REGISTRY_EVENTS.name) if e["command_id"] == twice.command_id]
     assert len(answers) == 2 and answers[0] == answers[1]
     assert answers[0]["message"] == "decertified: 1 row(s)"
     ranges = registry.query_calibrations("SimCam/calib/bless", "bias")
@@ -313,30 +301,29 @@ def test_a_command_sent_again_is_answered_again_not_applied_again(
 
 
 def test_replay_skips_what_the_live_service_dead_lettered(repo: Butler, tmp_path: Path) -> None:
-    from services.bus.messages import registry_command
-    from services.bus.replay import replay
     from services.bus.topics import DEAD_LETTERS
+    from services.handlers.replay import replay
     from services.registry.changes import ChainChange, ChangeSet
 
     bus = memory_bus()
     for name in ("a", "b"):
         change = ChangeSet(what=name, chains=(ChainChange(f"chain-{name}", ()),))
-        command = registry_command(change, "pytest")
-        bus.send(REGISTRY_COMMANDS.name, b"k", codec.encode(REGISTRY_COMMANDS.record, command))
+        command = RegistryCommand.new(change, "pytest")
+        bus.send(REGISTRY_COMMANDS.name, b"k", command.encode())
     reader = bus.consumer("pytest-reader", [REGISTRY_COMMANDS.name])
     (_, poisoned) = reader.poll(0.1, 10)  # say the live service dead-lettered the second
-    letter = {
-        "topic": REGISTRY_COMMANDS.name,
-        "partition": poisoned.partition,
-        "offset": poisoned.offset,
-        "key": poisoned.key,
-        "value": poisoned.value,
-        "error": "RuntimeError: poison",
-        "error_code": "unexpected",
-        "service": "registry",
-        "failed_at_ns": 0,
-    }
-    bus.send(DEAD_LETTERS.name, b"k", codec.encode(DEAD_LETTERS.record, letter))
+    letter = DeadLetter(
+        topic=REGISTRY_COMMANDS.name,
+        partition=poisoned.partition,
+        offset=poisoned.offset,
+        key=poisoned.key,
+        value=poisoned.value,
+        error="RuntimeError: poison",
+        error_code="unexpected",
+        service="registry",
+        failed_at_ns=0,
+    )
+    bus.send(DEAD_LETTERS.name, b"k", letter.encode())
     counts = replay(bus, repo.registry)
     assert (counts.applied, counts.skipped, counts.refused) == (1, 1, 0)
     names = {c.name for c in repo.registry.query_collections()}

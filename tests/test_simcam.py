@@ -21,6 +21,7 @@ from astropy.io import fits
 from astropy.utils import iers
 
 from services.butler import Butler
+from services.cli import simcam_commands as simcam_cli
 from services.datastore.formatters import FitsImageFormatter
 from services.instruments import load_instrument
 from services.instruments.simcam import (
@@ -31,7 +32,6 @@ from services.instruments.simcam import (
     plan_night,
     write_exposure,
 )
-from services.instruments.simcam import cli as simcam_cli
 from services.instruments.simcam.generator import to_tai
 from services.instruments.simcam.instrument import detector_by_name
 from services.instruments.simcam.translator import CARDS, KEYWORDS

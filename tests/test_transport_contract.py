@@ -6,6 +6,7 @@ commit-then-resume, seek, end offsets, and the loop's dead-lettering and retries
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
@@ -14,13 +15,15 @@ from typing import Any
 
 import pytest
 
-from services.bus import codec
+from services import messages
 from services.bus.admin import ensure_topics
 from services.bus.config import KafkaSettings
 from services.bus.runner import Incoming, Outgoing, ServiceLoop
 from services.bus.topics import ALL_TOPICS, DEAD_LETTERS, RAW_ARRIVALS, REGISTRY_EVENTS
 from services.bus.transport import Bus, Delivery, MemoryBus
 from services.core.errors import DatabaseUnavailableError
+from services.messages import DeadLetter, RawArrival, RegistryEvent
+from tests.support.bus import raw_arrival
 
 TOPIC = RAW_ARRIVALS.name  # 6 partitions
 
@@ -114,14 +117,12 @@ def test_the_loop_dead_letters_poison_and_keeps_the_rest(bus: Bus) -> None:
     group = f"g{uuid.uuid4().hex}"
 
     def handler(batch: Any) -> list[Outgoing]:
-        if any(item.value["path"] == "/poison" for item in batch):
+        if any(item.message.path == "/poison" for item in batch):
             raise RuntimeError("cannot handle /poison")
-        return [
-            Outgoing(REGISTRY_EVENTS.name, None, REGISTRY_EVENTS.record, event(i)) for i in batch
-        ]
+        return [Outgoing(REGISTRY_EVENTS.name, None, event(i)) for i in batch]
 
     for path in ("/a", "/poison", "/b"):
-        bus.send(TOPIC, b"folder", codec.encode(RAW_ARRIVALS.record, arrival(path)))
+        bus.send(TOPIC, b"folder", arrival(path).encode())
     bus.send(TOPIC, b"folder", b"not avro at all")
     bus.flush()
     loop = ServiceLoop("contract", bus, group, [TOPIC], handler, retries=1, backoff_s=0.01)
@@ -131,37 +132,27 @@ def test_the_loop_dead_letters_poison_and_keeps_the_rest(bus: Bus) -> None:
     loop.consumer.close()
     assert loop.counters.dead_lettered == 2 and loop.counters.retried >= 1
     reader = bus.consumer(f"g{uuid.uuid4().hex}", [DEAD_LETTERS.name, REGISTRY_EVENTS.name])
-    out = [codec.decode(d.value) for d in poll_all(reader, 4)]
+    out = [messages.decode(d.value) for d in poll_all(reader, 4)]
     reader.close()
-    letters = [m.value for m in out if m.record_name == "DeadLetter"]
-    events = [m.value for m in out if m.record_name == "RegistryEvent"]
-    assert sorted(x["error_code"] for x in letters) == ["undecodable", "unexpected"]
-    assert sorted(e["file"] for e in events) == ["/a", "/b"]
+    letters = [m for m in out if isinstance(m, DeadLetter)]
+    events = [m for m in out if isinstance(m, RegistryEvent)]
+    assert sorted(x.error_code for x in letters) == ["undecodable", "unexpected"]
+    assert sorted(e.file for e in events) == ["/a", "/b"]
 
 
-def arrival(path: str) -> dict[str, Any]:
-    return {
-        "arrival_id": str(uuid.uuid4()),
-        "path": path,
-        "folder": "/",
-        "size": 1,
-        "mtime_ns": 0,
-        "detected_at_ns": 0,
-        "watcher": "contract",
-    }
+def arrival(path: str) -> RawArrival:
+    return dataclasses.replace(raw_arrival(path, size=1), folder="/", watcher="contract")
 
 
-def event(item: Incoming) -> dict[str, Any]:
-    return {
-        "command_id": item.value["arrival_id"],
-        "kind": "datasets-registered",
-        "reason": None,
-        "message": "",
-        "dataset_ids": [],
-        "records_inserted": 0,
-        "at_ns": 0,
-        "file": item.value["path"],
-    }
+def event(item: Incoming) -> RegistryEvent:
+    assert isinstance(item.message, RawArrival)
+    return RegistryEvent(
+        command_id=item.message.arrival_id,
+        kind="datasets-registered",
+        message="",
+        at_ns=0,
+        file=item.message.path,
+    )
 
 
 def test_a_burst_is_committed_once_the_loop_catches_up() -> None:
@@ -172,13 +163,11 @@ def test_a_burst_is_committed_once_the_loop_catches_up() -> None:
     handled: list[str] = []
 
     def handler(batch: Any) -> list[Outgoing]:
-        handled.extend(item.value["path"] for item in batch)
-        return [
-            Outgoing(REGISTRY_EVENTS.name, None, REGISTRY_EVENTS.record, event(i)) for i in batch
-        ]
+        handled.extend(item.message.path for item in batch)
+        return [Outgoing(REGISTRY_EVENTS.name, None, event(i)) for i in batch]
 
     for i in range(40):
-        bus.send(TOPIC, b"one key", codec.encode(RAW_ARRIVALS.record, arrival(f"/{i}")))
+        bus.send(TOPIC, b"one key", arrival(f"/{i}").encode())
     events = bus.consumer("reader", [REGISTRY_EVENTS.name])
 
     def loop() -> ServiceLoop:
@@ -204,11 +193,11 @@ def test_an_outage_reads_again_only_the_batch_it_stopped() -> None:
         if down["calls"]:
             down["calls"] -= 1
             raise DatabaseUnavailableError("database restarting")
-        handled.extend(item.value["path"] for item in batch)
+        handled.extend(item.message.path for item in batch)
         return []
 
     for i in range(48):
-        bus.send(TOPIC, b"one key", codec.encode(RAW_ARRIVALS.record, arrival(f"/{i}")))
+        bus.send(TOPIC, b"one key", arrival(f"/{i}").encode())
     loop = ServiceLoop(
         "outage", bus, "g", [TOPIC], handler, max_records=16, backoff_s=0, max_backoff_s=0
     )
@@ -223,7 +212,7 @@ def test_an_outage_reads_again_only_the_batch_it_stopped() -> None:
 def test_a_partition_taken_by_a_rebalance_is_neither_sought_nor_committed() -> None:
     bus = MemoryBus({t.name: t.partitions for t in ALL_TOPICS})
     for i in range(60):  # spread over the partitions
-        bus.send(TOPIC, f"k{i}".encode(), codec.encode(RAW_ARRIVALS.record, arrival(f"/{i}")))
+        bus.send(TOPIC, f"k{i}".encode(), arrival(f"/{i}").encode())
     first = ServiceLoop("a", bus, "g", [TOPIC], lambda batch: [], max_records=16)
     assert first.step(0) == 16  # uncommitted
     second = bus.consumer("g", [TOPIC])  # joins: takes half of the partitions

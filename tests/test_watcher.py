@@ -17,8 +17,8 @@ import pytest
 from services.bus.topics import RAW_ARRIVALS
 from services.bus.transport import MemoryBus
 from services.core.errors import ConfigError
+from services.handlers.watcher import Watcher
 from services.ingest import inotify, treewatch
-from services.ingest.watcher import Watcher
 from tests.support.bus import decoded, memory_bus
 
 needs_inotify = pytest.mark.skipif(
@@ -70,8 +70,8 @@ def test_a_file_written_in_place_is_published_when_closed(
     closed_at = time.monotonic()
     (arrival,) = event_watcher.step(1.0)
     assert time.monotonic() - closed_at < 0.5  # at the close, not after a settle time
-    assert (arrival["path"], arrival["size"]) == (str(path), 3 * 2880)
-    assert arrival["mtime_ns"] == path.stat().st_mtime_ns
+    assert (arrival.path, arrival.size) == (str(path), 3 * 2880)
+    assert arrival.mtime_ns == path.stat().st_mtime_ns
     assert steps(event_watcher, 3) == []
     assert published(bus) == [(str(path), 3 * 2880)]
 
@@ -85,7 +85,7 @@ def test_a_file_closed_half_written_waits_for_its_next_close(
     assert steps(event_watcher, 2) == []
     with path.open("ab") as f:
         f.write(BLOCK[1000:])
-    assert [a["size"] for a in event_watcher.step(1.0)] == [2880]
+    assert [a.size for a in event_watcher.step(1.0)] == [2880]
 
 
 @needs_inotify
@@ -98,7 +98,7 @@ def test_a_part_file_renamed_into_place_is_published(
     (landing / "notes.txt").write_bytes(b"x")
     assert steps(event_watcher, 3) == []
     part.rename(landing / "exp2.fits")
-    assert [(a["path"], a["size"]) for a in event_watcher.step(1.0)] == [
+    assert [(a.path, a.size) for a in event_watcher.step(1.0)] == [
         (str(landing / "exp2.fits"), 2880)
     ]
     assert published(bus) == [(str(landing / "exp2.fits"), 2880)]
@@ -114,9 +114,9 @@ def test_files_in_a_new_nested_directory_are_published(bus: MemoryBus, landing: 
         (nested / "early.fits").write_bytes(BLOCK)  # before the watcher saw the directory
         # Read by the directory's first look, so published once seen stable.
         assert watcher.step(1.0) == []
-        assert [a["path"] for a in watcher.step(0.02)] == [str(nested / "early.fits")]
+        assert [a.path for a in watcher.step(0.02)] == [str(nested / "early.fits")]
         (nested / "late.fits").write_bytes(BLOCK * 2)  # the directory is watched by now
-        assert [(a["path"], a["size"]) for a in watcher.step(1.0)] == [
+        assert [(a.path, a.size) for a in watcher.step(1.0)] == [
             (str(nested / "late.fits"), 2 * 2880)
         ]
         # A directory moved in from outside the landing folder is watched too.
@@ -126,7 +126,7 @@ def test_files_in_a_new_nested_directory_are_published(bus: MemoryBus, landing: 
         outside.rename(landing / "night2")
         steps(watcher, 2)
         (landing / "night2" / "after.fits").write_bytes(BLOCK)
-        assert [a["path"] for a in watcher.step(1.0)] == [str(landing / "night2" / "after.fits")]
+        assert [a.path for a in watcher.step(1.0)] == [str(landing / "night2" / "after.fits")]
     finally:
         watcher.close()
     assert sorted(p for p, _ in published(bus)) == sorted(
@@ -152,7 +152,7 @@ def test_files_present_at_start_settle_then_a_restart_repeats_none(
     watcher.recover()
     assert watcher.start() == [] and watcher.step(0.02) == []  # seen, not yet stable
     time.sleep(0.5)
-    assert sorted(a["path"] for a in watcher.step(0.02)) == sorted(map(str, before))
+    assert sorted(a.path for a in watcher.step(0.02)) == sorted(map(str, before))
     assert steps(watcher, 3) == []
     watcher.close()
 
@@ -161,7 +161,7 @@ def test_files_present_at_start_settle_then_a_restart_repeats_none(
     assert again.recover() == 2
     try:
         assert again.start() == []
-        assert [a["path"] for a in steps(again, 3)] == [str(landing / "while-down.fits")]
+        assert [a.path for a in steps(again, 3)] == [str(landing / "while-down.fits")]
     finally:
         again.close()
     assert len(published(bus)) == 3
@@ -181,8 +181,8 @@ def test_an_idle_tick_reads_no_directory(
         walks.append(list(roots))
         return real(walks[-1], tree)
 
-    monkeypatch.setattr("services.ingest.watcher.raw_files", counting)
-    monkeypatch.setattr("services.ingest.watcher._ROOT_CHECK_S", 0.0)  # check every tick
+    monkeypatch.setattr("services.handlers.watcher.raw_files", counting)
+    monkeypatch.setattr("services.handlers.watcher._ROOT_CHECK_S", 0.0)  # check every tick
     assert steps(event_watcher, 5) == []
     assert walks == [] and event_watcher._candidates == {}
     (landing / "sub").mkdir()  # the control: a new directory is read
@@ -225,7 +225,7 @@ def test_scan_mode_publishes_once_stable(bus: MemoryBus, landing: Path) -> None:
     assert watcher.scan() == [] and watcher.scan() == []
     growing.write_bytes(BLOCK * 2)
     assert watcher.scan() == []  # first sight of the final size: wait one more look
-    assert [(a["path"], a["size"]) for a in watcher.scan()] == [(str(growing), 2 * 2880)]
+    assert [(a.path, a.size) for a in watcher.scan()] == [(str(growing), 2 * 2880)]
     assert watcher.scan() == []
     again = Watcher(bus, [landing], "w1", settle_s=0.0, mode="scan")
     assert again.recover() == 1 and again.scan() == [] and again.scan() == []

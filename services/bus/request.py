@@ -9,26 +9,29 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TypeVar
 
 from ..core.errors import NoAnswerError
-from . import codec
+from ..messages import Record
 from .topics import Topic
 from .transport import Bus
+
+A = TypeVar("A", bound=Record)
 
 
 def request(
     bus: Bus,
     topic: Topic,
     key: str,
-    value: dict[str, Any],
+    message: Record,
     answers: Topic,
-    is_answer: Callable[[dict[str, Any]], bool],
+    answer_type: type[A],
+    is_answer: Callable[[A], bool],
     *,
     timeout_s: float,
     waiting_for: str,
-) -> dict[str, Any]:
-    """Send ``value`` on ``topic`` and return the first value on ``answers`` it accepts.
+) -> A:
+    """Send ``message`` on ``topic`` and return the first message on ``answers`` it accepts.
 
     ``waiting_for`` names the services that answer, for the one-line timeout error. Once the
     message is sent, no answer in time (or Ctrl-C while waiting) is ``NoAnswerError``: the
@@ -39,13 +42,13 @@ def request(
         consumer.poll(1.0, 1)  # join the group, then skip to the end
         for tp in consumer.assignment():
             consumer.seek(tp, bus.end_offsets(tp[0]).get(tp[1], 0))
-        bus.send(topic.name, key.encode(), codec.encode(topic.record, value))
+        bus.send(topic.name, key.encode(), message.encode())
         bus.flush()
         deadline = time.monotonic() + timeout_s
         try:
             while time.monotonic() < deadline:
                 for d in consumer.poll(0.5, 100):
-                    answer = codec.decode(d.value).value
+                    answer = answer_type.decode(d.value)
                     if is_answer(answer):
                         return answer
         except KeyboardInterrupt:

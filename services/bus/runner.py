@@ -31,6 +31,7 @@ from typing import Any
 
 import structlog
 
+from .. import messages
 from ..core.errors import (
     BusError,
     ObsbusError,
@@ -38,9 +39,10 @@ from ..core.errors import (
     UndecodableMessageError,
 )
 from ..core.timespan import now_ns
-from . import codec
+from ..messages import DeadLetter, Record
+from .declaration import Declaration
 from .outage import Outage
-from .topics import DEAD_LETTERS
+from .topics import DEAD_LETTERS, RECORD_OF
 from .transport import Bus, Consumer, Delivery, TopicPartition
 
 log = structlog.get_logger(__name__)
@@ -49,16 +51,14 @@ log = structlog.get_logger(__name__)
 @dataclass(frozen=True)
 class Incoming:
     delivery: Delivery
-    record: str
-    value: dict[str, Any]
+    message: Record
 
 
 @dataclass(frozen=True)
 class Outgoing:
     topic: str
     key: str | None
-    record: str
-    value: dict[str, Any]
+    message: Record
 
 
 Handler = Callable[[Sequence[Incoming]], list[Outgoing]]
@@ -92,10 +92,34 @@ class ServiceLoop:
     backoff_s: float = 0.2
     max_backoff_s: float = 5.0
     commit_every_s: float = 0.5
+    writes: frozenset[str] | None = None  # the topics it may write (None: any)
     counters: Counters = field(default_factory=Counters)
     _consumer: Consumer | None = None
     _uncommitted: list[Delivery] = field(default_factory=list)  # handled, outputs sent
     _last_commit: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def declared(
+        cls,
+        declaration: Declaration,
+        bus: Bus,
+        handler: Handler,
+        *,
+        name: str | None = None,
+        status_file: Path | None = None,
+    ) -> ServiceLoop:
+        """The loop of a declared service (its topics, group and batch size)."""
+        assert declaration.group is not None  # a consumer of topics
+        return cls(
+            name or declaration.name,
+            bus,
+            declaration.group,
+            [t.name for t in declaration.reads],
+            handler,
+            status_file=status_file,
+            max_records=declaration.max_records,
+            writes=declaration.topics_written,
+        )
 
     @property
     def consumer(self) -> Consumer:
@@ -139,11 +163,11 @@ class ServiceLoop:
         outputs: list[Outgoing] = []
         for d in deliveries:
             try:
-                message = codec.decode(d.value)
+                message = _decode(d)
             except UndecodableMessageError as err:
                 outputs.append(self._dead_letter(d, err))
                 continue
-            incoming.append(Incoming(d, message.record_name, message.value))
+            incoming.append(Incoming(d, message))
         started = time.perf_counter()
         try:
             outputs.extend(self._handle(incoming))
@@ -158,8 +182,12 @@ class ServiceLoop:
             return 0
         handled = time.perf_counter()
         self.counters.handle_s += handled - started
+        if self.writes is not None:
+            undeclared = {o.topic for o in outputs} - self.writes
+            if undeclared:  # a programming error: the declaration must say what it writes
+                raise RuntimeError(f"{self.name} wrote undeclared topics {sorted(undeclared)}")
         encoded = [
-            (o.topic, None if o.key is None else o.key.encode(), codec.encode(o.record, o.value))
+            (o.topic, None if o.key is None else o.key.encode(), o.message.encode())
             for o in outputs
         ]
         try:
@@ -275,18 +303,17 @@ class ServiceLoop:
         return Outgoing(
             DEAD_LETTERS.name,
             None if d.key is None else d.key.decode(errors="replace"),
-            DEAD_LETTERS.record,
-            {
-                "topic": d.topic,
-                "partition": d.partition,
-                "offset": d.offset,
-                "key": d.key,
-                "value": d.value,
-                "error": f"{type(err).__name__}: {err}",
-                "error_code": code,
-                "service": self.name,
-                "failed_at_ns": now_ns(),
-            },
+            DeadLetter(
+                topic=d.topic,
+                partition=d.partition,
+                offset=d.offset,
+                key=d.key,
+                value=d.value,
+                error=f"{type(err).__name__}: {err}",
+                error_code=code,
+                service=self.name,
+                failed_at_ns=now_ns(),
+            ),
         )
 
     def write_status(self) -> None:
@@ -310,6 +337,17 @@ def write_status_file(path: Path, status: dict[str, Any]) -> None:
         tmp.replace(path)
     except OSError as err:
         log.warning("cannot write the status file", path=str(path), error=str(err))
+
+
+def _decode(d: Delivery) -> Record:
+    """A delivery's message, if it is one of the records its topic carries."""
+    message = messages.decode(d.value)
+    expected = RECORD_OF.get(d.topic)
+    if expected is not None and expected != message.RECORD:
+        raise UndecodableMessageError(
+            f"message is a {message.RECORD}, but {d.topic} carries {expected} (wrong topic?)"
+        )
+    return message
 
 
 def _next_offsets(deliveries: Sequence[Delivery]) -> dict[TopicPartition, int]:

@@ -36,6 +36,13 @@ INGEST_OUTCOMES = Topic(
     6,
     doc="What happened to each raw file: ingested, already-present or failed with a reason.",
 )
+
+
+def exposure_key(instrument: str, exposure: int) -> str:
+    """Message key of everything about one exposure (one partition, in order)."""
+    return f"{instrument}/{exposure}"
+
+
 # The key of every registry command but raw ingest (certifications, chains, change sets): one
 # partition keeps them in the order they were sent, which decides e.g. a chain's order.
 WRITES_KEY = "obsbus/writes"
@@ -85,6 +92,8 @@ ALL_TOPICS = (
     CALIB_OUTCOMES,
     DEAD_LETTERS,
 )
+
+RECORD_OF = {t.name: t.record for t in ALL_TOPICS}
 
 
 def topic(name: str) -> Topic:

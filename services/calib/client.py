@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from ..bus.config import KafkaSettings
@@ -23,33 +22,8 @@ from ..bus.request import request
 from ..bus.topics import BLESSING_REQUESTS, CALIB_OUTCOMES
 from ..bus.transport import Bus
 from ..core.errors import BlessingRejectedError
+from ..messages import CalibrationOutcome
 from .suite import NS_CONTEXT, CalibrationSpec, Suite
-
-
-@dataclass(frozen=True)
-class BlessingOutcome:
-    request_id: str
-    collection: str
-    status: str  # "blessed" or "rejected"
-    reason: str | None  # the error code when rejected
-    message: str
-    certified: int
-
-    @classmethod
-    def from_value(cls, value: Mapping[str, Any]) -> BlessingOutcome:
-        return cls(
-            value["request_id"],
-            value["collection"],
-            value["status"],
-            value["reason"],
-            value["message"],
-            value["certified"],
-        )
-
-    def raise_if_rejected(self) -> BlessingOutcome:
-        if self.status != "blessed":
-            raise BlessingRejectedError(f"blessing rejected [{self.reason}]: {self.message}")
-        return self
 
 
 def single_suite(
@@ -85,20 +59,20 @@ def single_suite(
 
 def request_blessing(
     bus: Bus, suite: Suite, *, timeout_s: float = 60.0, requested_by: str | None = None
-) -> BlessingOutcome:
+) -> CalibrationOutcome:
     """Publish the suite as one BlessingRequest and wait for its CalibrationOutcome."""
     request_id = str(uuid.uuid4())
-    answer = request(
+    return request(
         bus,
         BLESSING_REQUESTS,
         suite.collection,
         suite.request(request_id, requested_by),
         CALIB_OUTCOMES,
-        lambda outcome: bool(outcome["request_id"] == request_id),
+        CalibrationOutcome,
+        lambda outcome: outcome.request_id == request_id,
         timeout_s=timeout_s,
         waiting_for="calib service (and the registry service)",
     )
-    return BlessingOutcome.from_value(answer)
 
 
 def bless_suite(
@@ -107,7 +81,7 @@ def bless_suite(
     bus: Bus | None = None,
     timeout_s: float = 60.0,
     requested_by: str | None = None,
-) -> BlessingOutcome:
+) -> CalibrationOutcome:
     """Bless a suite through the calibration service; raises BlessingRejectedError if refused
     (nothing of the suite applied), BusError if no answer comes in time."""
     own = bus is None
@@ -117,4 +91,11 @@ def bless_suite(
     finally:
         if own:
             active.close()
-    return outcome.raise_if_rejected()
+    return raise_if_rejected(outcome)
+
+
+def raise_if_rejected(outcome: CalibrationOutcome) -> CalibrationOutcome:
+    """The outcome if blessed; BlessingRejectedError with its reason if not."""
+    if outcome.status != "blessed":
+        raise BlessingRejectedError(f"blessing rejected [{outcome.reason}]: {outcome.message}")
+    return outcome

@@ -33,7 +33,6 @@ CertifySuite registry command, or raises the reason to refuse it.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -59,6 +58,7 @@ from ..core.errors import (
     UnregisteredDataIdError,
 )
 from ..core.timespan import Timespan, now_ns, parse_time, time_to_ns
+from ..messages import BlessingRequest, CalibrationItem, ValidityChange
 from ..registry.collections import CollectionType
 from ..registry.datasets import DatasetRef
 from ..registry.registry import Registry
@@ -149,66 +149,64 @@ class Suite(_Strict):
     calibrations: list[CalibrationSpec] = Field(min_length=1)
     adjustments: list[AdjustmentSpec] = Field(default_factory=list)
 
-    def request(self, request_id: str, requested_by: str | None = None) -> dict[str, Any]:
-        """The BlessingRequest value: the first calibration in the v1 fields, the rest after."""
-        first, *further = self.calibrations
-        return {
-            "request_id": request_id,
-            "collection": self.collection,
-            **_calibration_value(first),
-            "requested_by": self.requested_by or requested_by or default_requester(),
-            "reason": self.reason,
-            "adjustments": [
-                a.model_dump(include={"dataset_type", "data_id", "action"})
-                | {"begin_ns": a.begin, "end_ns": a.end}
+    def request(self, request_id: str, requested_by: str | None = None) -> BlessingRequest:
+        """The BlessingRequest: the first calibration in the v1 fields, the rest after."""
+        first, *further = (_item(c) for c in self.calibrations)
+        return BlessingRequest(
+            request_id=request_id,
+            collection=self.collection,
+            dataset_type=first.dataset_type,
+            run=first.run,
+            data_ids=first.data_ids,
+            begin_ns=first.begin_ns,
+            end_ns=first.end_ns,
+            requested_by=self.requested_by or requested_by or default_requester(),
+            reason=self.reason,
+            adjustments=tuple(
+                ValidityChange(a.dataset_type, dict(a.data_id), a.action, a.begin, a.end)
                 for a in self.adjustments
-            ],
-            "calibrations": [_calibration_value(c) for c in further],
-            "requested_at_ns": now_ns(),
-        }
+            ),
+            calibrations=tuple(further),
+            requested_at_ns=now_ns(),
+        )
 
     @classmethod
-    def from_request(cls, value: Mapping[str, Any]) -> Suite:
-        """The suite a decoded BlessingRequest (any version) carries."""
-        items = [value, *value.get("calibrations", [])]
+    def from_request(cls, request: BlessingRequest) -> Suite:
+        """The suite a BlessingRequest (any version) carries."""
         return cls.model_validate(
             {
-                "collection": value["collection"],
-                "reason": value["reason"],
-                "requested_by": value["requested_by"],
+                "collection": request.collection,
+                "reason": request.reason,
+                "requested_by": request.requested_by,
                 "calibrations": [
                     {
-                        "dataset_type": i["dataset_type"],
-                        "run": i["run"],
-                        "data_ids": i["data_ids"],
-                        "begin": i["begin_ns"],
-                        "end": i["end_ns"],
+                        "dataset_type": i.dataset_type,
+                        "run": i.run,
+                        "data_ids": [dict(d) for d in i.data_ids],
+                        "begin": i.begin_ns,
+                        "end": i.end_ns,
                     }
-                    for i in items
+                    for i in request.items
                 ],
                 "adjustments": [
                     {
-                        "dataset_type": a["dataset_type"],
-                        "data_id": a["data_id"],
-                        "action": a["action"],
-                        "begin": a["begin_ns"],
-                        "end": a["end_ns"],
+                        "dataset_type": a.dataset_type,
+                        "data_id": dict(a.data_id),
+                        "action": a.action,
+                        "begin": a.begin_ns,
+                        "end": a.end_ns,
                     }
-                    for a in value.get("adjustments", [])
+                    for a in request.adjustments
                 ],
             },
             context=NS_CONTEXT,
         )
 
 
-def _calibration_value(c: CalibrationSpec) -> dict[str, Any]:
-    return {
-        "dataset_type": c.dataset_type,
-        "run": c.run,
-        "data_ids": [dict(d) for d in c.data_ids],
-        "begin_ns": c.begin,
-        "end_ns": c.end,
-    }
+def _item(c: CalibrationSpec) -> CalibrationItem:
+    return CalibrationItem(
+        c.dataset_type, c.run, tuple(dict(d) for d in c.data_ids), c.begin, c.end
+    )
 
 
 def default_requester() -> str:

@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..bus import codec
+from .. import messages
 from ..bus.config import KafkaSettings
 from ..bus.outage import Outage
 from ..bus.topics import ALL_TOPICS, topic
@@ -255,14 +255,14 @@ def cmd_events(args: argparse.Namespace) -> int:
                 continue
             idle_since = time.monotonic()
             for d in batch:
-                message = codec.decode(d.value)
+                message = messages.decode(d.value)
                 row = {
                     "topic": d.topic,
                     "partition": d.partition,
                     "offset": d.offset,
                     "key": None if d.key is None else d.key.decode(errors="replace"),
-                    "record": message.record_name,
-                    **_printable(message.value),
+                    "record": message.RECORD,
+                    **_printable(message.to_value()),
                 }
                 print(json.dumps(row, default=str) if args.json else _line(row), flush=True)
                 shown += 1
@@ -292,7 +292,7 @@ def _line(row: dict[str, Any]) -> str:
 
 
 def cmd_bless(args: argparse.Namespace) -> int:
-    from ..calib.client import request_blessing, single_suite
+    from ..calib.client import raise_if_rejected, request_blessing, single_suite
 
     timespan = Timespan.from_times(args.begin_date, args.end_date)
     suite = single_suite(
@@ -309,14 +309,14 @@ def cmd_bless(args: argparse.Namespace) -> int:
         outcome = request_blessing(bus, suite, timeout_s=args.timeout)
     finally:
         bus.close()
-    outcome.raise_if_rejected()
+    raise_if_rejected(outcome)
     print(f"blessed into {outcome.collection}: {outcome.message}")
     return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from ..bus.replay import replay
     from ..butler import Butler
+    from ..handlers.replay import replay
 
     bus = kafka_bus("obsbus-replay")
     try:

@@ -40,7 +40,7 @@ def cmd_ingest_raws(args: argparse.Namespace) -> int:
         for outcome in ingester.ingest(files, fail_fast=args.fail_fast):
             counts[outcome.status] += 1
             if args.json:
-                rows.append(outcome.to_json())
+                rows.append(outcome.to_value())
             elif outcome.status == "failed":
                 print(f"failed [{outcome.reason}] {outcome.message}", file=sys.stderr)
     if args.json:

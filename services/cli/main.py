@@ -14,7 +14,6 @@ import traceback
 from collections.abc import Sequence
 
 from ..core.errors import ObsbusError
-from ..instruments.simcam import cli as simcam_cli
 from . import (
     bus_commands,
     calib_commands,
@@ -24,6 +23,7 @@ from . import (
     repo_commands,
     suite_commands,
 )
+from . import simcam_commands as simcam_cli
 
 PROG = "obsbus"
 

@@ -52,7 +52,7 @@ def add_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
 
 def cmd_bless_suite(args: argparse.Namespace) -> int:
     from ..bus.config import KafkaSettings
-    from ..calib.client import request_blessing
+    from ..calib.client import raise_if_rejected, request_blessing
     from ..calib.suite import load_suite
 
     suite = load_suite(args.suite)
@@ -63,7 +63,7 @@ def cmd_bless_suite(args: argparse.Namespace) -> int:
         bus.close()
     if args.json:
         print(json.dumps(vars(outcome)))
-    outcome.raise_if_rejected()
+    raise_if_rejected(outcome)
     if not args.json:
         print(f"blessed into {outcome.collection}: {outcome.message}")
     return 0

@@ -22,18 +22,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..bus import codec
 from ..bus.admin import ensure_topics, wait_for_broker
 from ..bus.config import KafkaSettings
 from ..bus.outage import broker_reachable
-from ..bus.runner import ServiceLoop
-from ..bus.topics import BLESSING_REQUESTS, INGEST_OUTCOMES, RAW_ARRIVALS, REGISTRY_COMMANDS
+from ..bus.runner import Handler, ServiceLoop
+from ..bus.topics import INGEST_OUTCOMES
 from ..bus.transport import Bus
 from ..butler import Butler
 from ..core.config import CONFIG_NAME
 from ..core.errors import BusError, ConfigError
 from ..core.runfiles import alive, run_dir
 from ..core.timespan import now_ns, ns_to_iso
+from ..messages import IngestOutcome
 from .supervisor import KAFKA_SCRIPT, STATE_NAME, describe_exit
 
 SERVICE_NAMES = ("registry", "calib", "ingest", "watcher")
@@ -62,37 +62,34 @@ def service(
     transfer: str,
     watch_mode: str = "auto",
 ) -> Runnable:
-    """Build one of the four services (the handlers are plain functions; see their modules)."""
+    """Build one of the four services from its declaration (services/handlers/)."""
     status = run_dir(repo) / f"{name}.json"
     if kind == "watcher":
-        from ..ingest.watcher import Watcher
+        from ..handlers.watcher import Watcher
 
         if not watch:
             raise ConfigError("the watcher needs --watch DIR")
         return Runnable(Watcher(bus, watch, name, status_file=status, mode=watch_mode))
     butler = Butler.open(repo, actor=f"obsbus {kind} service ({name})")
+    handler: Handler
     if kind == "ingest":
-        from ..ingest.service import IngestHandler
+        from ..handlers import ingest
 
-        handler: Any = IngestHandler(butler, transfer=transfer, name=name)
-        topics, group = [RAW_ARRIVALS.name], "obsbus-ingest"
-        # Small batches: each file's command leaves as soon as its few neighbours are done
-        # (a 500-file batch would hold an exposure's first file until the last is ingested).
-        return Runnable(
-            ServiceLoop(name, bus, group, topics, handler, status_file=status, max_records=16),
-            butler,
-        )
+        declaration = ingest.SERVICE
+        handler = ingest.IngestHandler(butler, transfer=transfer, name=name)
     elif kind == "registry":
-        from ..registry.service import RegistryHandler
+        from ..handlers import registry
 
-        handler = RegistryHandler(butler.registry, "obsbus-registry")
-        topics, group = [REGISTRY_COMMANDS.name], "obsbus-registry"
+        declaration = registry.SERVICE
+        assert declaration.group is not None
+        handler = registry.RegistryHandler(butler.registry, declaration.group)
     else:
-        from ..calib.service import CalibHandler
+        from ..handlers import calib
 
-        handler = CalibHandler(butler.registry, name)
-        topics, group = [BLESSING_REQUESTS.name], "obsbus-calib"
-    return Runnable(ServiceLoop(name, bus, group, topics, handler, status_file=status), butler)
+        declaration = calib.SERVICE
+        handler = calib.CalibHandler(butler.registry, name)
+    loop = ServiceLoop.declared(declaration, bus, handler, name=name, status_file=status)
+    return Runnable(loop, butler)
 
 
 def _start_broker() -> tuple[bool, bool]:
@@ -224,7 +221,7 @@ def _follow(args: argparse.Namespace, repo: Path, watch: Path) -> int:
         while not stop.is_set():
             landed += simulator.step()
             for d in outcomes.poll(0.2, 1000):
-                counts[codec.decode(d.value).value["status"]] += 1
+                counts[IngestOutcome.decode(d.value).status] += 1
             state = read_state(repo)
             for name, s in state.get("services", {}).items():
                 seen = (s["restarts"], s["state"])

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import structlog
 
@@ -24,9 +23,11 @@ from ..core.errors import (
     UnknownFilterError,
     UnknownInstrumentError,
 )
+from ..core.timespan import now_ns
 from ..datastore.datastore import DatastoreTransaction, StoredFile
 from ..instruments import Instrument, available, load_instrument
 from ..instruments.base import RAW
+from ..messages import DetectorSwap, IngestOutcome
 from ..registry.commands import IngestApplier, IngestRaw, Installation
 from ..registry.datasets import DatasetRef, IdGenerationMode
 from ..registry.registry import Registry
@@ -37,7 +38,6 @@ from .observation import Record
 
 log = structlog.get_logger(__name__)
 
-Status = Literal["ingested", "already-present", "failed"]
 RAW_SUFFIXES = (".fits", ".fits.fz", ".fits.gz", ".fit")
 INGEST_AGAIN = (
     "then ingest it again: it was left where it was, and the files already ingested are "
@@ -66,29 +66,6 @@ class PreparedFile:
     group: Record | None
     visit: tuple[Record, Record] | None
     datasets: tuple[RawDataset, ...]
-
-
-@dataclass
-class IngestOutcome:
-    """What happened to one file."""
-
-    file: str
-    status: Status
-    reason: str | None = None  # an error code (see services.core.errors) when failed
-    message: str = ""
-    instrument: str | None = None
-    exposure: int | None = None
-    detectors: list[int] = field(default_factory=list)
-    dataset_ids: list[str] = field(default_factory=list)
-    swaps: list[dict[str, Any]] = field(default_factory=list)  # new device seen in a slot
-
-    def to_json(self) -> dict[str, Any]:
-        # Shallow (dataclasses.asdict deep-copies every swap: a cost per file in the registry).
-        return {f.name: _copied(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-
-def _copied(value: Any) -> Any:
-    return list(value) if isinstance(value, list) else value
 
 
 def find_raw_files(paths: Iterable[Path]) -> list[Path]:
@@ -265,11 +242,15 @@ class RawIngester:
         if isinstance(err, DatastoreFullError):
             err = err.then_do(INGEST_AGAIN)
         if isinstance(err, ObsbusError):
-            return IngestOutcome(str(path), "failed", err.code, str(err))
+            return IngestOutcome(str(path), "failed", err.code, str(err), finished_at_ns=now_ns())
         # A translator or library failure must not stop the rest, but it is a bug to report.
         log.error("unexpected ingest failure", file=str(path), exc_info=err)
         return IngestOutcome(
-            str(path), "failed", "unexpected", f"{path}: {type(err).__name__}: {err}"
+            str(path),
+            "failed",
+            "unexpected",
+            f"{path}: {type(err).__name__}: {err}",
+            finished_at_ns=now_ns(),
         )
 
     def write(self, batch: list[PreparedFile]) -> list[IngestOutcome]:
@@ -293,12 +274,13 @@ class RawIngester:
                     result.status,
                     instrument=prepared.instrument.name,
                     exposure=prepared.exposure["id"],
-                    detectors=[d.detector for d in prepared.datasets],
-                    dataset_ids=[str(r.id) for r in command.datasets],
-                    swaps=result.swaps,
+                    detectors=tuple(d.detector for d in prepared.datasets),
+                    dataset_ids=tuple(str(r.id) for r in command.datasets),
+                    swaps=tuple(DetectorSwap(**s) for s in result.swaps),
                     message=f"{len(command.datasets)} dataset(s) into {run}"
                     if result.status == "ingested"
                     else "",
+                    finished_at_ns=now_ns(),
                 )
             )
         return outcomes

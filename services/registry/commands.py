@@ -7,7 +7,6 @@ command is idempotent: a replay or a retry of one already applied changes nothin
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -15,12 +14,11 @@ from typing import Any, Literal
 from ..core.errors import FileConflictError, InstrumentNotRegisteredError
 from ..core.timespan import Timespan
 from ..datastore.datastore import StoredFile
-from .changes import ChangeSet, apply_change_set
-from .collections import CollectionType
+from .changes import ChangeSet
 from .datasets import DatasetRef, DatasetType
 from .known import KnownInstallations, KnownRecords
 from .registry import Registry
-from .suites import CertifySuite, apply_suite
+from .suites import CertifySuite
 
 Record = dict[str, Any]
 
@@ -45,6 +43,8 @@ class IngestRaw:
     installations: tuple[Installation, ...]
     datasets: tuple[DatasetRef, ...]
     stored: tuple[StoredFile, ...]  # one per dataset, same order
+    arrival_id: str | None = None  # the RawArrival it answers, if it came from the watcher
+    detected_at_ns: int | None = None
 
     @property
     def instrument(self) -> str:
@@ -223,24 +223,3 @@ class IngestApplier:
                 f"{cmd.file}: {cmd.run} already holds a different raw for "
                 f"{cmd.datasets[0].data_id} ({stored.path})"
             )
-
-
-def apply_command(
-    registry: Registry, cmd: Certify | CertifySuite | Decertify | SetChain | ChangeSet
-) -> int:
-    """Apply any command but IngestRaw; returns how many rows it changed (for a suite: how
-    many validity ranges it certified)."""
-    if isinstance(cmd, ChangeSet):
-        return apply_change_set(registry, cmd)
-    if isinstance(cmd, CertifySuite):
-        return apply_suite(registry, cmd).certified
-    if isinstance(cmd, Certify):
-        refs = [registry.get_dataset(uuid.UUID(i)) for i in cmd.dataset_ids]
-        # Blessing into a new collection creates it, in the same transaction as the certify.
-        registry.register_collection(cmd.collection, CollectionType.CALIBRATION)
-        return registry.certify(cmd.collection, refs, cmd.timespan)
-    if isinstance(cmd, Decertify):
-        data_ids = None if cmd.data_ids is None else list(cmd.data_ids)
-        return registry.decertify(cmd.collection, cmd.dataset_type, cmd.timespan, data_ids)
-    registry.register_collection(cmd.parent, CollectionType.CHAINED)
-    return len(registry.set_chain(cmd.parent, list(cmd.children)))

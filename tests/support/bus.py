@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from services.bus import codec
+from services import messages
 from services.bus.runner import ServiceLoop
 from services.bus.topics import (
     ALL_TOPICS,
@@ -16,10 +17,11 @@ from services.bus.topics import (
 )
 from services.bus.transport import Bus, MemoryBus
 from services.butler import Butler
-from services.calib.service import CalibHandler
-from services.ingest.service import IngestHandler
-from services.ingest.watcher import Watcher
-from services.registry.service import RegistryHandler
+from services.handlers.calib import CalibHandler
+from services.handlers.ingest import IngestHandler
+from services.handlers.registry import RegistryHandler
+from services.handlers.watcher import Watcher
+from services.messages import RawArrival
 
 
 def memory_bus() -> MemoryBus:
@@ -58,7 +60,25 @@ class Pipeline:
 
 
 def decoded(bus: MemoryBus, topic: str) -> list[dict[str, Any]]:
-    return [codec.decode(d.value).value for d in bus.messages(topic)]
+    """A topic's messages, each read as its typed record, as values (dicts)."""
+    return [messages.decode(d.value).to_value() for d in bus.messages(topic)]
+
+
+def raw_arrival(path: str | Path, size: int = 0, mtime_ns: int = 0) -> RawArrival:
+    """A RawArrival of ``path`` as the watcher would publish it (size and mtime as given,
+    or the file's own if it exists)."""
+    path = Path(path)
+    if path.exists() and not size:
+        size, mtime_ns = path.stat().st_size, path.stat().st_mtime_ns
+    return RawArrival(
+        arrival_id=str(uuid.uuid4()),
+        path=str(path),
+        folder=str(path.parent),
+        size=size,
+        mtime_ns=mtime_ns,
+        detected_at_ns=0,
+        watcher="pytest",
+    )
 
 
 def statuses(values: Iterable[dict[str, Any]]) -> list[str]:

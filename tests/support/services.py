@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from services.bus import codec
+from services import messages
 from services.bus.admin import ensure_topics
 from services.bus.config import KafkaSettings
 from services.butler import Butler
@@ -112,7 +112,7 @@ class Services:
         deadline = time.monotonic() + timeout_s
         try:
             while not done(out) and time.monotonic() < deadline:
-                out.extend(codec.decode(d.value).value for d in consumer.poll(0.5, 1000))
+                out.extend(messages.decode(d.value).to_value() for d in consumer.poll(0.5, 1000))
         finally:
             consumer.close()
         return out

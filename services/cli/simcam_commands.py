@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ...core.errors import InputError
-from .generator import DEFAULT_START, generate_night, to_tai
-from .translator import SimCamTranslator
+from ..core.errors import InputError
+from ..instruments.simcam.generator import DEFAULT_START, generate_night, to_tai
+from ..instruments.simcam.translator import SimCamTranslator
+from .output import emit
 
 Sub = Any  # argparse's subparsers action has no public type
 
@@ -60,8 +61,6 @@ def _exposure_row(path: Path) -> dict[str, Any]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ...cli.output import emit
-
     if not 1 <= args.exposures <= 99_999:
         raise InputError("--exposures must be between 1 and 99999 (SEQNUM has 5 digits)")
     if args.interval <= 0:

@@ -15,14 +15,14 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ..bus.readback import STALL_S, end_offsets, read_to_end
+from ..bus.runner import Incoming
+from ..bus.topics import DEAD_LETTERS, REGISTRY_COMMANDS
+from ..bus.transport import Bus
 from ..core.errors import ObsbusError
+from ..messages import DeadLetter, RegistryCommand
 from ..registry.registry import Registry
-from ..registry.service import RegistryHandler
-from . import codec
-from .readback import STALL_S, end_offsets, read_to_end
-from .runner import Incoming
-from .topics import DEAD_LETTERS, REGISTRY_COMMANDS
-from .transport import Bus
+from .registry import RegistryHandler
 
 BATCH = 500
 
@@ -52,7 +52,7 @@ def replay(bus: Bus, registry: Registry) -> ReplayCounts:
 def _apply(handler: RegistryHandler, batch: list[Incoming], counts: ReplayCounts) -> None:
     answers = handler(batch)  # published live already; a replay only rebuilds
     counts.applied += len(batch)
-    counts.refused += sum(a.value.get("kind") == "command-rejected" for a in answers)
+    counts.refused += sum(getattr(a.message, "kind", None) == "command-rejected" for a in answers)
 
 
 def _in_issue_order(bus: Bus, group: str, counts: ReplayCounts) -> Iterator[Incoming]:
@@ -79,12 +79,11 @@ def _in_issue_order(bus: Bus, group: str, counts: ReplayCounts) -> Iterator[Inco
                     counts.skipped += 1  # the live service never applied it
                     continue
                 try:
-                    message = codec.decode(d.value)
+                    command = RegistryCommand.decode(d.value)
                 except ObsbusError:
                     counts.skipped += 1
                     continue
-                issued = int(message.value["issued_at_ns"])
-                heads[d.partition].append((issued, Incoming(d, message.record_name, message.value)))
+                heads[d.partition].append((command.issued_at_ns, Incoming(d, command)))
             ready = [p for p in ends if heads[p]]
             if not ready:
                 return
@@ -100,9 +99,9 @@ def _dead_lettered(bus: Bus, group: str) -> set[tuple[int, int]]:
     dead: set[tuple[int, int]] = set()
     for d in read_to_end(bus, [DEAD_LETTERS.name], f"{group}-dead-letters", BATCH, STALL_S):
         try:
-            letter = codec.decode(d.value).value
+            letter = DeadLetter.decode(d.value)
         except ObsbusError:
             continue
-        if letter["topic"] == REGISTRY_COMMANDS.name:
-            dead.add((int(letter["partition"]), int(letter["offset"])))
+        if letter.topic == REGISTRY_COMMANDS.name:
+            dead.add((letter.partition, letter.offset))
     return dead

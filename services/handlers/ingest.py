@@ -19,21 +19,32 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 
-from ..bus.messages import registry_command
+from ..bus.declaration import Declaration
 from ..bus.runner import Incoming, Outgoing
-from ..bus.topics import INGEST_OUTCOMES, RAW_ARRIVALS, REGISTRY_COMMANDS
+from ..bus.topics import INGEST_OUTCOMES, RAW_ARRIVALS, REGISTRY_COMMANDS, exposure_key
 from ..butler import Butler
 from ..core.errors import DatastoreFullError, ObsbusError
-from ..core.timespan import now_ns
 from ..datastore.datastore import DatastoreTransaction
-from .headers import HeaderTranslator, configure_offline_translation
-from .raws import IngestOutcome, PreparedFile, prepare, raw_refs, to_command, transfer_file
+from ..ingest.headers import HeaderTranslator, configure_offline_translation
+from ..ingest.raws import PreparedFile, prepare, raw_refs, to_command, transfer_file
+from ..messages import IngestOutcome, RawArrival, RegistryCommand
 
 log = structlog.get_logger(__name__)
+
+SERVICE = Declaration(
+    "ingest",
+    reads=(RAW_ARRIVALS,),
+    # Arrivals again: a file that met a full datastore is read again later.
+    writes=(REGISTRY_COMMANDS, INGEST_OUTCOMES, RAW_ARRIVALS),
+    group="obsbus-ingest",
+    # Small batches: each file's command leaves as soon as its few neighbours are done
+    # (a 500-file batch would hold an exposure's first file until the last is ingested).
+    max_records=16,
+    doc="raw arrivals in: header, data ID, formatter, datastore; a registry command out",
+)
 
 WHEN_SPACE_IS_BACK = (
     "then nothing else: the file stays in the landing folder and is ingested by itself once "
@@ -43,31 +54,16 @@ WHEN_SPACE_IS_BACK = (
 _COMMAND_IDS = uuid.UUID("6f1c7c3e-2f0b-5d9a-9a51-0b5e2d1c4a77")  # uuid5 namespace
 
 
-def command_id(arrival: dict[str, Any]) -> str:
+def command_id(arrival: RawArrival) -> str:
     """The registry command id of the IngestRaw answering ``arrival``."""
-    return str(uuid.uuid5(_COMMAND_IDS, arrival["arrival_id"]))
-
-
-def exposure_key(instrument: str, exposure: int) -> str:
-    """Message key of everything about one exposure (one partition, in order)."""
-    return f"{instrument}/{exposure}"
-
-
-def outcome_value(outcome: IngestOutcome, arrival: dict[str, Any] | None = None) -> dict[str, Any]:
-    """An IngestOutcome message value."""
-    return {
-        **outcome.to_json(),
-        "arrival_id": None if arrival is None else arrival["arrival_id"],
-        "detected_at_ns": None if arrival is None else arrival["detected_at_ns"],
-        "finished_at_ns": now_ns(),
-    }
+    return str(uuid.uuid5(_COMMAND_IDS, arrival.arrival_id))
 
 
 @dataclass(frozen=True)
 class _Handled:
     """One arrival, handled: its output, or the full-disk error that stopped its transfer."""
 
-    arrival: dict[str, Any]
+    arrival: RawArrival
     output: Outgoing | None = None
     full: DatastoreFullError | None = None
     prepared: PreparedFile | None = None
@@ -98,7 +94,7 @@ class IngestHandler:
         try:
             # The batch's copies are made durable together, before any command is sent.
             with self.butler.datastore.transaction(batch_sync=True) as files:
-                handled = [self._handle(item.value, files) for item in batch]
+                handled = [self._handle(_arrival(item), files) for item in batch]
                 self._wait_unless_news(handled)  # raising undoes the batch's files
                 try:
                     files.make_durable()
@@ -109,13 +105,13 @@ class IngestHandler:
             self._wait_unless_news(handled)
         return [out for h in handled for out in self._outputs(h)]
 
-    def handle(self, arrival: dict[str, Any], files: DatastoreTransaction) -> Outgoing:
+    def handle(self, arrival: RawArrival, files: DatastoreTransaction) -> Outgoing:
         """One arrival's message on its own: its command, or its failed outcome."""
         handled = self._handle(arrival, files)
         return handled.output if handled.output is not None else self._full_outcome(handled)
 
-    def _handle(self, arrival: dict[str, Any], files: DatastoreTransaction) -> _Handled:
-        path = Path(arrival["path"])
+    def _handle(self, arrival: RawArrival, files: DatastoreTransaction) -> _Handled:
+        path = Path(arrival.path)
         prepared = None
         try:
             prepared = prepare(path, self.translator)
@@ -134,25 +130,21 @@ class IngestHandler:
             )
             return _Handled(
                 arrival,
-                Outgoing(
-                    INGEST_OUTCOMES.name,
-                    arrival["folder"],
-                    INGEST_OUTCOMES.record,
-                    outcome_value(failed, arrival),
-                ),
+                Outgoing(INGEST_OUTCOMES.name, arrival.folder, failed.answering(arrival)),
             )
-        command = to_command(prepared, run, refs, stored)
+        command = dataclasses.replace(
+            to_command(prepared, run, refs, stored),
+            arrival_id=arrival.arrival_id,
+            detected_at_ns=arrival.detected_at_ns,
+        )
         return _Handled(
             arrival,
             Outgoing(
                 REGISTRY_COMMANDS.name,
                 exposure_key(prepared.instrument.name, prepared.exposure["id"]),
-                REGISTRY_COMMANDS.record,
                 # One command id per arrival: an arrival handled again after a crash sends the
                 # same command, which the registry answers again instead of applying twice.
-                registry_command(
-                    command, self.name, arrival=arrival, command_id=command_id(arrival)
-                ),
+                RegistryCommand.new(command, self.name, command_id(arrival)),
             ),
             prepared=prepared,
         )
@@ -160,12 +152,12 @@ class IngestHandler:
     def _wait_unless_news(self, handled: list[_Handled]) -> None:
         """Raise the outage when every file that met a full disk was told about already:
         nothing new to say, so the batch is read again later instead of sent round again."""
-        full = [(h.arrival["arrival_id"], h.full) for h in handled if h.full is not None]
+        full = [(h.arrival.arrival_id, h.full) for h in handled if h.full is not None]
         if full and all(arrival_id in self._told_full for arrival_id, _ in full):
             raise full[0][1]
 
     def _outputs(self, handled: _Handled) -> list[Outgoing]:
-        arrival_id = handled.arrival["arrival_id"]
+        arrival_id = handled.arrival.arrival_id
         if handled.full is None:
             if arrival_id in self._told_full:
                 self._told_full.discard(arrival_id)
@@ -178,11 +170,7 @@ class IngestHandler:
         self._told_full.add(arrival_id)
         # The arrival again, keyed like the watcher's (same partition): it is read again
         # after the arrivals already waiting there.
-        out.append(
-            Outgoing(
-                RAW_ARRIVALS.name, handled.arrival["path"], RAW_ARRIVALS.record, handled.arrival
-            )
-        )
+        out.append(Outgoing(RAW_ARRIVALS.name, handled.arrival.path, handled.arrival))
         return out
 
     @staticmethod
@@ -192,7 +180,7 @@ class IngestHandler:
         prepared, full = handled.prepared, handled.full
         assert prepared is not None and full is not None  # a transfer follows a prepare
         outcome = IngestOutcome(
-            handled.arrival["path"],
+            handled.arrival.path,
             "failed",
             full.code,
             str(full),
@@ -202,6 +190,10 @@ class IngestHandler:
         return Outgoing(
             INGEST_OUTCOMES.name,
             exposure_key(prepared.instrument.name, prepared.exposure["id"]),
-            INGEST_OUTCOMES.record,
-            outcome_value(outcome, handled.arrival),
+            outcome.answering(handled.arrival),
         )
+
+
+def _arrival(item: Incoming) -> RawArrival:
+    assert isinstance(item.message, RawArrival)  # the arrivals topic holds nothing else
+    return item.message

@@ -23,11 +23,10 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 
-from ..bus import codec
+from ..bus.declaration import Declaration
 from ..bus.outage import Outage
 from ..bus.readback import read_to_end
 from ..bus.runner import write_status_file
@@ -35,11 +34,19 @@ from ..bus.topics import RAW_ARRIVALS
 from ..bus.transport import Bus
 from ..core.errors import BusError, ConfigError, UndecodableMessageError
 from ..core.timespan import now_ns
-from . import inotify as ino
-from .raws import RAW_SUFFIXES
-from .treewatch import TreeWatch, choose_mode, linked, raw_files
+from ..ingest import inotify as ino
+from ..ingest.raws import RAW_SUFFIXES
+from ..ingest.treewatch import TreeWatch, choose_mode, linked, raw_files
+from ..messages import RawArrival
 
 log = structlog.get_logger(__name__)
+
+SERVICE = Declaration(
+    "watcher",
+    reads=(),  # the landing folders
+    writes=(RAW_ARRIVALS,),
+    doc="landing folders watched; one RawArrival per complete raw file",
+)
 
 _ROOT_CHECK_S = 1.0  # how often to look for landing folders not watched (gone, not made yet)
 Ready = dict[str, tuple[int, int]]  # path -> (size, mtime_ns) complete in this tick
@@ -71,7 +78,7 @@ class Watcher:
         self._published: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns)
         self._candidates: dict[str, _Seen] = {}  # found by reading a directory, not yet stable
         # Arrivals the broker did not acknowledge (an outage): sent again, same arrival ids.
-        self._unsent: list[dict[str, Any]] = []
+        self._unsent: list[RawArrival] = []
         self.published_count = 0
         self.last_published_ns = 0
         self._tree: TreeWatch | None = None  # made by start() (inotify mode)
@@ -82,11 +89,11 @@ class Watcher:
         group = f"watcher-recover-{uuid.uuid4().hex}"
         for d in read_to_end(self.bus, [RAW_ARRIVALS.name], group):
             try:
-                value = codec.decode(d.value).value
+                arrival = RawArrival.decode(d.value)
             except UndecodableMessageError:
                 continue  # not ours to publish again; the services dead-letter it
-            if value["watcher"] == self.watcher_id:
-                self._published.add((value["path"], value["size"], value["mtime_ns"]))
+            if arrival.watcher == self.watcher_id:
+                self._published.add((arrival.path, arrival.size, arrival.mtime_ns))
         log.info("watcher recovered", watcher=self.watcher_id, published=len(self._published))
         return len(self._published)
 
@@ -139,8 +146,8 @@ class Watcher:
         else:
             self._candidates.pop(path, None)  # truncated or to be rewritten: wait for a close
 
-    def _publish(self, ready: Ready, now: int) -> list[dict[str, Any]]:
-        waiting = {(a["path"], a["size"], a["mtime_ns"]) for a in self._unsent}
+    def _publish(self, ready: Ready, now: int) -> list[RawArrival]:
+        waiting = {(a.path, a.size, a.mtime_ns) for a in self._unsent}
         arrivals = self._unsent + [
             self._arrival(p, size, mtime, now)
             for p, (size, mtime) in ready.items()
@@ -150,20 +157,20 @@ class Watcher:
         for arrival in arrivals:
             self.bus.send(
                 RAW_ARRIVALS.name,
-                arrival["path"].encode(),
-                codec.encode(RAW_ARRIVALS.record, arrival),
+                arrival.path.encode(),
+                arrival.encode(),
             )
         if arrivals:
             self.bus.flush()  # acknowledged before we consider them published
             for a in arrivals:
-                self._published.add((a["path"], a["size"], a["mtime_ns"]))
-                self._candidates.pop(a["path"], None)
+                self._published.add((a.path, a.size, a.mtime_ns))
+                self._candidates.pop(a.path, None)
             self.published_count += len(arrivals)
             self.last_published_ns = now_ns()
         self._unsent = []
         return arrivals
 
-    def scan(self) -> list[dict[str, Any]]:
+    def scan(self) -> list[RawArrival]:
         """One look at the whole landing tree; publishes (and returns) newly complete files."""
         now, ready = now_ns(), Ready()
         self._walk_all(now, ready)
@@ -174,7 +181,7 @@ class Watcher:
         for gone in set(self._candidates) - present:
             del self._candidates[gone]
 
-    def start(self) -> list[dict[str, Any]]:
+    def start(self) -> list[RawArrival]:
         """inotify mode: watch the landing tree, then read it once for the files that landed
         while no watcher ran (they are published once stable, by later steps)."""
         if self._tree is not None:
@@ -187,7 +194,7 @@ class Watcher:
         log.info("watching with inotify", watcher=self.watcher_id, directories=len(self._tree))
         return arrivals
 
-    def step(self, timeout_s: float = 0.1) -> list[dict[str, Any]]:
+    def step(self, timeout_s: float = 0.1) -> list[RawArrival]:
         """inotify mode: wait up to ``timeout_s`` for events; publish what became complete.
 
         Re-stats only the files found by reading a directory that are not yet stable; reads
@@ -235,16 +242,16 @@ class Watcher:
             self._tree.close()
             self._tree = None
 
-    def _arrival(self, path: str, size: int, mtime_ns: int, now: int) -> dict[str, Any]:
-        return {
-            "arrival_id": str(uuid.uuid4()),
-            "path": path,
-            "folder": str(Path(path).parent),
-            "size": size,
-            "mtime_ns": mtime_ns,
-            "detected_at_ns": now,
-            "watcher": self.watcher_id,
-        }
+    def _arrival(self, path: str, size: int, mtime_ns: int, now: int) -> RawArrival:
+        return RawArrival(
+            arrival_id=str(uuid.uuid4()),
+            path=path,
+            folder=str(Path(path).parent),
+            size=size,
+            mtime_ns=mtime_ns,
+            detected_at_ns=now,
+            watcher=self.watcher_id,
+        )
 
     def run(self, stop: threading.Event, interval_s: float = 0.05) -> None:
         outage = Outage(self.watcher_id)
