@@ -12,8 +12,8 @@ import pytest
 from astropy.io import fits
 
 from services.core.errors import NotFitsError, TruncatedFileError, UnreadableCardError
-from services.ingest.cards import COMMENTARY, parse_cards
-from services.ingest.fitsfile import BLOCK, read_hdus
+from services.fits.cards import COMMENTARY, parse_cards
+from services.fits.hdus import BLOCK, read_hdus
 from services.instruments.simcam.generator import write_exposure
 from tests.support import headers as hdrs
 

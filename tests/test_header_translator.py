@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from astro_metadata_translator import MetadataTranslator, ObservationInfo
 
-from services.ingest.cards import parse_cards
-from services.ingest.fitsfile import read_hdus
+from services.fits.cards import parse_cards
+from services.fits.hdus import read_hdus
 from services.ingest.headers import (
     USED_PROPERTIES,
     CardSignature,

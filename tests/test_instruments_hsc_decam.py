@@ -17,7 +17,7 @@ from astropy.utils import iers
 
 from services.core.errors import UnknownDetectorError
 from services.datastore.formatters import formatter_import_path, load_formatter
-from services.ingest.fitsfile import read_hdus
+from services.fits.hdus import read_hdus
 from services.ingest.raws import RawIngester
 from services.instruments import Instrument, load_instrument
 from services.instruments.decam import DarkEnergyCamera, DecamRawFormatter

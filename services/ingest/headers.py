@@ -26,9 +26,9 @@ from astro_metadata_translator import MetadataTranslator, ObservationInfo, fix_h
 from astropy.utils import iers
 
 from ..core.errors import IncompleteHeaderError, NoTranslatorError
+from ..fits.cards import FitsHeader, normal_keyword
+from ..fits.hdus import Hdu
 from ..instruments import Instrument, available, load_instrument
-from .cards import FitsHeader, normal_keyword
-from .fitsfile import Hdu
 from .observation import ExposureRecords, exposure_records
 
 # What ingest cannot do without: a translation missing any of these is "incomplete_header".

@@ -25,6 +25,7 @@ from ..core.errors import (
 )
 from ..core.timespan import now_ns
 from ..datastore.datastore import DatastoreTransaction, StoredFile
+from ..fits.hdus import read_hdus
 from ..instruments import Instrument, available, load_instrument
 from ..instruments.base import RAW
 from ..messages import DetectorSwap, IngestOutcome
@@ -32,7 +33,6 @@ from ..registry.commands import IngestApplier, IngestRaw, Installation
 from ..registry.datasets import DatasetRef, IdGenerationMode
 from ..registry.registry import Registry
 from ..writes import require_no_registry_service
-from .fitsfile import read_hdus
 from .headers import HeaderTranslator
 from .observation import Record
 

@@ -19,8 +19,8 @@ from typing import Any, ClassVar, Literal
 from ..core.errors import InstrumentError, RecordConflictError
 from ..core.timespan import BEGIN_UNBOUNDED
 from ..datastore.formatters import FitsImageFormatter, Formatter
-from ..ingest.cards import FitsHeader
-from ..ingest.fitsfile import Hdu
+from ..fits.cards import FitsHeader
+from ..fits.hdus import Hdu
 from ..registry.datasets import DatasetType
 from ..registry.registry import Registry
 

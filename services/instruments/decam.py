@@ -27,8 +27,8 @@ from astro_metadata_translator import DecamTranslator
 
 from ..core.errors import UnknownDetectorError
 from ..datastore.formatters import FitsImageFormatter, Formatter
-from ..ingest.cards import FitsHeader
-from ..ingest.fitsfile import Hdu
+from ..fits.cards import FitsHeader
+from ..fits.hdus import Hdu
 from .base import DetectorDef, FilterDef, Instrument, Purpose
 
 # CCDNUM, DETPOS, DETECTOR (serial).
