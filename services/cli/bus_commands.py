@@ -316,11 +316,11 @@ def cmd_bless(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from ..bus.replay import replay
-    from ..butler import Butler
+    from .opening import open_butler
 
     bus = kafka_bus("obsbus-replay")
     try:
-        with Butler.open(args.repo, actor=args.actor) as butler:
+        with open_butler(args.repo, args.actor) as butler:
             counts = replay(bus, butler.registry)
     finally:
         bus.close()

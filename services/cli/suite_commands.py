@@ -9,6 +9,7 @@ from typing import Any
 
 from ..butler import Butler
 from ..datastore.datastore import TRANSFER_MODES
+from .opening import open_butler, require_no_registry_service
 
 Sub = Any
 
@@ -73,7 +74,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     from ..calib.transfer import import_calibrations, read_validity_table
 
     table = read_validity_table(args.table)
-    with Butler.open(args.repo, actor=args.actor) as butler:
+    with open_butler(args.repo, args.actor) as butler:
+        require_no_registry_service(butler.root, "import-calibrations")  # it writes directly
         result = import_calibrations(
             butler, table, run=args.run, collection=args.collection, transfer=args.transfer
         )
