@@ -31,7 +31,7 @@ from .datastore.storage_classes import get_storage_class
 from .registry.changes import ChangeSet
 from .registry.datasets import DatasetRef, DatasetType, IdGenerationMode, InsertOutcome
 from .registry.registry import CalibrationMatch, Registry
-from .writes import BusWrites, Writes, apply_or_hold, writes_for
+from .writes import LocalWrites, WritesFactory, apply_or_hold
 
 
 def default_actor() -> str:
@@ -93,20 +93,27 @@ def ingest_file(
 
 
 class Butler:
-    def __init__(self, root: Path, config: RepoConfig, registry: Registry) -> None:
+    """A repository opened for reading and writing.
+
+    Its registry changes go to ``writes``, which the opener chooses (``Butler.open(...,
+    writes=...)``): made from the registry, owned by the Butler and closed with it. The default
+    applies them here (``LocalWrites``); while a registry service serves the repository the
+    opener passes one that sends them to it (``services.clients.writes.BusWrites``; the command
+    line decides in ``services.cli.opening``). The library itself never looks for services.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        config: RepoConfig,
+        registry: Registry,
+        writes: WritesFactory = LocalWrites,
+    ) -> None:
         self.root = root
         self.config = config
         self.registry = registry
         self.datastore = FileDatastore(config.datastore_root(root), config.templates)
-        self._writes: Writes | None = None
-
-    @property
-    def writes(self) -> Writes:
-        """Where registry changes go: here, or to the registry service while one serves the
-        repository (decided on first use; see ``services.writes``)."""
-        if self._writes is None:
-            self._writes = writes_for(self.root, self.registry, self.registry.actor)
-        return self._writes
+        self.writes = writes(registry)
 
     @classmethod
     def create(
@@ -116,12 +123,14 @@ class Butler:
         db: str | None = None,
         db_namespace: str | None = None,
         actor: str | None = None,
+        writes: WritesFactory = LocalWrites,
     ) -> Butler:
         """Make a new repository: the registry first, then the datastore folder, and
         ``obsbus.yaml`` last, since that file is what makes the folder a repository.
 
         If any step fails, what this call made on disk is removed again, so a retry starts
         clean (on PostgreSQL the schema is made in one transaction, rolled back on failure).
+        ``writes`` is as for ``open``.
         """
         root = Path(root).resolve()
         config = RepoConfig(db=db, db_namespace=db_namespace)
@@ -143,19 +152,28 @@ class Butler:
             except BaseException:
                 registry.close()
                 raise
-        return cls(root, config, registry)
+        return cls(root, config, registry, writes)
 
     @classmethod
-    def open(cls, root: str | Path, *, actor: str | None = None) -> Butler:
+    def open(
+        cls,
+        root: str | Path,
+        *,
+        actor: str | None = None,
+        writes: WritesFactory = LocalWrites,
+    ) -> Butler:
+        """Open a repository; its registry changes go to ``writes(registry)`` (by default
+        applied here, in-process: see the class docstring)."""
         root = Path(root).resolve()
         config = read_config(root)
         registry = Registry.open(config.db_url(root), config.namespace(), actor or default_actor())
-        return cls(root, config, registry)
+        return cls(root, config, registry, writes)
 
     def close(self) -> None:
-        if isinstance(self._writes, BusWrites):
-            self._writes.close()
-        self.registry.close()
+        try:
+            self.writes.close()
+        finally:
+            self.registry.close()
 
     def __enter__(self) -> Butler:
         return self

@@ -1,27 +1,21 @@
-"""Where a user's registry changes go: straight into the registry, or to the registry service.
+"""Where a Butler's registry changes go: the ``Writes`` it was opened with.
 
-While a registry service serves the repository it is the only writer (it owns the database,
-and its command topic is what a replay rebuilds the registry from), so the command line and
-the library send their changes to it as registry commands and wait for its answer. Otherwise
-they apply them here, in one transaction. Either way the same function applies them
-(``services.registry.command_types.apply_command``), so the result is the same.
+``LocalWrites`` (the default) applies each change here, in one transaction. While a registry
+service serves the repository it is the only writer (it owns the database, and its command
+topic is what a replay rebuilds the registry from), so whoever opens the Butler then gives it
+a writer that sends each change to the service and waits for its answer
+(``services.clients.writes.BusWrites``; the command line decides, in ``services.cli.opening``).
+Either way the same function applies the change (``services.registry.command_types.apply_command``),
+so the result is the same. The library never looks for running services itself.
 """
 
 from __future__ import annotations
 
-import getpass
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
-from .bus.config import KafkaSettings
-from .bus.request import request
-from .bus.topics import REGISTRY_COMMANDS, REGISTRY_EVENTS, WRITES_KEY
-from .bus.transport import Bus
-from .core.errors import CommandRejectedError, NoAnswerError, RegistryServedError
-from .core.runfiles import service_pid
-from .messages import RegistryCommand, RegistryEvent
+from .core.errors import NoAnswerError
 from .registry.changes import ChangeSet
 from .registry.command_types import apply_command
 from .registry.commands import Certify, Decertify, SetChain
@@ -33,6 +27,13 @@ Change = ChangeSet | Certify | Decertify | SetChain
 class Writes(Protocol):
     def apply(self, change: Change) -> None: ...
 
+    def close(self) -> None:
+        """Let go of what it holds (the Butler that made it calls this as it closes)."""
+
+
+# What a Butler is opened with: it makes its writer from its registry, and owns it.
+WritesFactory = Callable[[Registry], Writes]
+
 
 @dataclass
 class LocalWrites:
@@ -42,36 +43,8 @@ class LocalWrites:
         with self.registry.transaction():
             apply_command(self.registry, change)
 
-
-@dataclass
-class BusWrites:
-    """Sends each change as a registry command and waits for the service's answer."""
-
-    issued_by: str
-    timeout_s: float = 120.0
-    _bus: Bus | None = field(default=None, repr=False)
-
-    def apply(self, change: Change) -> None:
-        if self._bus is None:
-            self._bus = KafkaSettings().bus(f"obsbus-writes-{os.getpid()}")
-        command = RegistryCommand.new(change, self.issued_by)
-        answer = request(
-            self._bus,
-            REGISTRY_COMMANDS,
-            WRITES_KEY,
-            command,
-            REGISTRY_EVENTS,
-            RegistryEvent,
-            lambda event: event.command_id == command.command_id,
-            timeout_s=self.timeout_s,
-            waiting_for="registry service",
-        )
-        if answer.kind == "command-rejected":
-            raise CommandRejectedError(answer.message, answer.reason)
-
     def close(self) -> None:
-        if self._bus is not None:
-            self._bus.close()
+        pass  # the registry is the Butler's, closed by it
 
 
 def apply_or_hold(writes: Writes, change: Change) -> NoAnswerError | None:
@@ -83,26 +56,3 @@ def apply_or_hold(writes: Writes, change: Change) -> NoAnswerError | None:
     except NoAnswerError as err:
         return err
     return None
-
-
-def registry_service_serves(repo: Path) -> bool:
-    """Whether a registry service (``obsbus serve registry`` / ``obsbus up``) runs for it."""
-    return service_pid(repo, "registry") is not None
-
-
-def require_no_registry_service(repo: Path, command: str, instead: str = "") -> None:
-    """Refuse a command that writes the registry directly while a registry service serves it
-    (it would be a second writer, and its changes would be missing from a replay)."""
-    pid = service_pid(repo, "registry")
-    if pid is not None:
-        raise RegistryServedError(
-            f"a registry service (pid {pid}) serves {repo} and is its only writer; "
-            f"`obsbus {command}` writes the registry directly: "
-            + (instead or f"stop the services first (`obsbus down {repo}`)")
-        )
-
-
-def writes_for(repo: Path, registry: Registry, actor: str | None = None) -> Writes:
-    if registry_service_serves(repo):
-        return BusWrites(f"{actor or getpass.getuser()} via obsbus")
-    return LocalWrites(registry)

@@ -13,8 +13,8 @@ import pytest
 
 from services.bus.topics import BLESSING_REQUESTS, CALIB_OUTCOMES, REGISTRY_COMMANDS
 from services.butler import Butler
-from services.calib.client import single_suite
 from services.calib.suite import Suite, check_suite, load_suite
+from services.clients.blessing import single_suite
 from services.core.errors import InputError, UndecodableMessageError
 from services.core.timespan import Timespan
 from services.instruments import load_instrument

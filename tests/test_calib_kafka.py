@@ -16,8 +16,8 @@ import yaml
 
 from services.bus.topics import CALIB_OUTCOMES
 from services.butler import Butler
-from services.calib.client import bless_suite
 from services.calib.suite import Suite
+from services.clients.blessing import bless_suite
 from services.core.errors import BlessingRejectedError
 from services.ingest.headers import configure_offline_translation
 from services.ingest.raws import RawIngester, find_raw_files

@@ -16,13 +16,13 @@ import pytest
 
 from services.bus.topics import REGISTRY_EVENTS
 from services.butler import Butler, FileToIngest
+from services.clients.writes import BusWrites
 from services.core.errors import NoAnswerError
 from services.core.runfiles import service_pid
 from services.core.timespan import Timespan
 from services.instruments.simcam import SimCam
 from services.registry.datasets import DatasetType
 from services.registry.dump import canonical_dump
-from services.writes import BusWrites
 from tests.conftest import REPO_ROOT
 from tests.support.services import Services, kafka_bootstrap
 
@@ -131,8 +131,8 @@ def test_an_unanswered_write_keeps_its_files(tmp_path: Path) -> None:
         butler.register_dataset_type(DatasetType("bias", ("instrument", "detector"), "Image", True))
     services = Services(repo, tmp_path, tmp_path)  # topics of a fresh namespace, no service
     try:
-        with Butler.open(repo) as butler:
-            butler._writes = BusWrites("pytest", timeout_s=3)  # as if a service served it
+        # Opened as the command line opens it while a registry service serves the repository.
+        with Butler.open(repo, writes=lambda _: BusWrites("pytest", timeout_s=3)) as butler:
             ref = butler.registry.make_ref("bias", {"instrument": "SimCam", "detector": 94}, "r")
             source = REPO_ROOT / "examples" / "bias-R22_S11.fits"
             env = {"OBSBUS_KAFKA_BOOTSTRAP": services.env["OBSBUS_KAFKA_BOOTSTRAP"]}

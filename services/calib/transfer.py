@@ -42,7 +42,6 @@ from ..datastore.datastore import file_checksum
 from ..registry.collections import CollectionType
 from ..registry.datasets import DatasetRef, DatasetType, IdGenerationMode
 from ..registry.suites import apply_suite
-from ..writes import require_no_registry_service
 from .suite import NS_CONTEXT, CalibrationSpec, Suite, check_suite, validation_summary
 
 TABLE_NAME = "calibrations.ecsv"
@@ -192,8 +191,9 @@ def import_calibrations(
 
     The target is ``collection``, else the table's ``collection`` metadata. Overlaps with what
     the collection holds (or between rows) refuse the whole import, as a blessing would.
+    It writes the registry directly: not while a registry service owns it (``obsbus
+    import-calibrations`` refuses then).
     """
-    require_no_registry_service(butler.root, "import-calibrations")  # it writes directly
     target = collection or table.meta.collection
     if not target:
         raise InputError(f"{table.path}: no collection in the table metadata; give --collection")

@@ -292,7 +292,7 @@ def _line(row: dict[str, Any]) -> str:
 
 
 def cmd_bless(args: argparse.Namespace) -> int:
-    from ..calib.client import raise_if_rejected, request_blessing, single_suite
+    from ..clients.blessing import raise_if_rejected, request_blessing, single_suite
 
     timespan = Timespan.from_times(args.begin_date, args.end_date)
     suite = single_suite(
@@ -315,12 +315,12 @@ def cmd_bless(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from ..butler import Butler
     from ..handlers.replay import replay
+    from .opening import open_butler
 
     bus = kafka_bus("obsbus-replay")
     try:
-        with Butler.open(args.repo, actor=args.actor) as butler:
+        with open_butler(args.repo, args.actor) as butler:
             counts = replay(bus, butler.registry)
     finally:
         bus.close()

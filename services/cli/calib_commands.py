@@ -13,7 +13,7 @@ from ..core.timespan import Timespan
 from ..registry.changes import Certification, ChainChange, ChangeSet, NewCollection
 from ..registry.collections import CollectionType
 from ..registry.commands import Decertify
-from ..writes import require_no_registry_service
+from .opening import open_butler, require_no_registry_service
 
 Sub = Any
 
@@ -73,7 +73,7 @@ def add_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
 
 def cmd_certify(args: argparse.Namespace) -> int:
     timespan = Timespan.from_times(args.begin_date, args.end_date)
-    with Butler.open(args.repo, actor=args.actor) as butler:
+    with open_butler(args.repo, args.actor) as butler:
         registry = butler.registry
         registry.get_collection(args.input_run)
         refs = [ref for ref, _ in registry.query_datasets(args.dataset_type, [args.input_run])]
@@ -114,7 +114,7 @@ def _certified(butler: Butler, collection: str, dataset_type: str) -> list[tuple
 def cmd_decertify(args: argparse.Namespace) -> int:
     timespan = Timespan.from_times(args.begin_date, args.end_date)
     data_ids = None if args.data_id is None else (parse_data_id_args(args.data_id),)
-    with Butler.open(args.repo, actor=args.actor) as butler:
+    with open_butler(args.repo, args.actor) as butler:
         before = _live_ranges(butler, args.calib_collection, args.dataset_type)
         butler.writes.apply(Decertify(args.calib_collection, args.dataset_type, timespan, data_ids))
         after = _live_ranges(butler, args.calib_collection, args.dataset_type)
@@ -131,7 +131,7 @@ def _live_ranges(butler: Butler, collection: str, dataset_type: str) -> set[tupl
 
 
 def cmd_collection_chain(args: argparse.Namespace) -> int:
-    with Butler.open(args.repo, actor=args.actor) as butler:
+    with open_butler(args.repo, args.actor) as butler:
         butler.writes.apply(
             ChangeSet(
                 what=f"chain {args.parent} ({args.mode})",
@@ -145,7 +145,7 @@ def cmd_collection_chain(args: argparse.Namespace) -> int:
 
 def cmd_freeze(args: argparse.Namespace) -> int:
     require_no_registry_service(args.repo, "freeze-collection")
-    with Butler.open(args.repo, actor=args.actor) as butler:
+    with open_butler(args.repo, args.actor) as butler:
         butler.registry.freeze_collection(args.collection)
     print(f"collection {args.collection} is frozen")
     return 0

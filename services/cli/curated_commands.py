@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..butler import Butler
 from ..calib.curated import write_curated_calibrations
 from ..instruments import load_instrument
+from .opening import open_butler
 from .output import emit
 
 Sub = Any  # argparse's subparsers action has no public type
@@ -44,7 +44,7 @@ def add_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
 
 def cmd_write_curated(args: argparse.Namespace) -> int:
     instrument = load_instrument(args.instrument)
-    with Butler.open(args.repo, actor=args.actor) as butler:
+    with open_butler(args.repo, args.actor) as butler:
         result = write_curated_calibrations(butler, instrument, args.label, args.source)
     rows = []
     for ref, timespan, source in result.certified:

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..butler import Butler
 from ..datastore.datastore import TRANSFER_MODES
 from ..ingest.headers import configure_offline_translation
 from ..ingest.raws import RawIngester, find_raw_files
+from .opening import open_butler, require_no_registry_service
 from .output import emit
 
 Sub = Any
@@ -35,7 +35,11 @@ def cmd_ingest_raws(args: argparse.Namespace) -> int:
     files = find_raw_files(args.paths)
     counts = {"ingested": 0, "already-present": 0, "failed": 0}
     rows = []
-    with Butler.open(args.repo, actor=args.actor) as butler:
+    with open_butler(args.repo, args.actor) as butler:
+        # Raw ingest writes the registry directly: not while a registry service owns it.
+        require_no_registry_service(
+            butler.root, "ingest-raws", "drop the files into the watched landing folder instead"
+        )
         ingester = RawIngester(butler, transfer=args.transfer, run=args.run)
         for outcome in ingester.ingest(files, fail_fast=args.fail_fast):
             counts[outcome.status] += 1

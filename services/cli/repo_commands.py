@@ -12,7 +12,7 @@ from ..core.errors import InputError, ObsbusError, UnregisteredDataIdError
 from ..datastore.datastore import TRANSFER_MODES
 from ..instruments import load_instrument
 from ..registry.datasets import DatasetType, IdGenerationMode
-from ..writes import require_no_registry_service
+from .opening import open_butler, require_no_registry_service
 from .output import emit
 
 Sub = Any  # argparse's subparsers action has no public type
@@ -93,7 +93,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_register_instrument(args: argparse.Namespace) -> int:
     require_no_registry_service(args.repo, "register-instrument")
     instruments = [load_instrument(name) for name in args.names]
-    with Butler.open(args.repo, actor=args.actor) as butler:
+    with open_butler(args.repo, args.actor) as butler:
         for instrument in instruments:
             counts = instrument.register(butler.registry, update=args.update, reason=args.reason)
             new, updated = sum(counts.values()), sum(counts.updated.values())
@@ -108,7 +108,7 @@ def cmd_register_dataset_type(args: argparse.Namespace) -> int:
     dataset_type = DatasetType(
         args.name, tuple(args.dimensions), args.storage_class, args.is_calibration
     )
-    with Butler.open(args.repo, actor=args.actor) as butler:
+    with open_butler(args.repo, args.actor) as butler:
         new = butler.register_dataset_type(dataset_type)
     print(f"dataset type {args.name}: {'registered' if new else 'already registered, unchanged'}")
     return 0
@@ -151,7 +151,7 @@ def read_ingest_table(path: Path, shared: dict[str, str]) -> list[tuple[Path, di
 def cmd_ingest_files(args: argparse.Namespace) -> int:
     rows = read_ingest_table(args.table, parse_data_id_args(args.data_id))
     mode = IdGenerationMode(args.id_generation)
-    with Butler.open(args.repo, actor=args.actor) as butler:
+    with open_butler(args.repo, args.actor) as butler:
         dataset_type = butler.registry.get_dataset_type(args.dataset_type)
         files = []
         for n, (file, values) in enumerate(rows, start=1):

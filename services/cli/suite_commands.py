@@ -9,6 +9,7 @@ from typing import Any
 
 from ..butler import Butler
 from ..datastore.datastore import TRANSFER_MODES
+from .opening import open_butler, require_no_registry_service
 
 Sub = Any
 
@@ -52,8 +53,8 @@ def add_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
 
 def cmd_bless_suite(args: argparse.Namespace) -> int:
     from ..bus.config import KafkaSettings
-    from ..calib.client import raise_if_rejected, request_blessing
     from ..calib.suite import load_suite
+    from ..clients.blessing import raise_if_rejected, request_blessing
 
     suite = load_suite(args.suite)
     bus = KafkaSettings().bus("obsbus-bless-suite")
@@ -73,7 +74,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     from ..calib.transfer import import_calibrations, read_validity_table
 
     table = read_validity_table(args.table)
-    with Butler.open(args.repo, actor=args.actor) as butler:
+    with open_butler(args.repo, args.actor) as butler:
+        require_no_registry_service(butler.root, "import-calibrations")  # it writes directly
         result = import_calibrations(
             butler, table, run=args.run, collection=args.collection, transfer=args.transfer
         )

@@ -70,6 +70,8 @@ def service(
         if not watch:
             raise ConfigError("the watcher needs --watch DIR")
         return Runnable(Watcher(bus, watch, name, status_file=status, mode=watch_mode))
+    # In-process writes (not `opening.open_butler`): the registry service is the registry's
+    # writer, and the others send what they write to it themselves, never via butler.writes.
     butler = Butler.open(repo, actor=f"obsbus {kind} service ({name})")
     handler: Handler
     if kind == "ingest":

@@ -3,8 +3,9 @@
 ``obsbus serve SERVICE REPO`` writes ``<name>.pid`` while it runs and ``<name>.json`` (its
 counters); ``obsbus supervise`` (started by ``obsbus up``) writes ``up.json`` (every
 service's live pid, restarts and state). Other processes read them
-to find the services: ``obsbus status``, ``down``, and writers that must go through the
-registry service while it runs.
+to find the services: ``obsbus status``, ``down``, and the command line's writing commands,
+which must go through the registry service while it runs (``services.cli.opening``; the
+library reads none of these files).
 """
 
 from __future__ import annotations

@@ -32,7 +32,6 @@ from ..messages import DetectorSwap, IngestOutcome
 from ..registry.commands import IngestApplier, IngestRaw, Installation
 from ..registry.datasets import DatasetRef, IdGenerationMode
 from ..registry.registry import Registry
-from ..writes import require_no_registry_service
 from .headers import HeaderTranslator
 from .observation import Record
 
@@ -182,13 +181,13 @@ def _exposure_key(prepared: PreparedFile) -> tuple[str, int]:
 
 
 class RawIngester:
-    """Ingests raw files into a repository; one instance per ingest session or service."""
+    """Ingests raw files into a repository; one instance per ingest session or service.
+
+    It writes the registry directly (not through ``butler.writes``): not for use while a
+    registry service owns the registry (``obsbus ingest-raws`` refuses then).
+    """
 
     def __init__(self, butler: Butler, *, transfer: str = "copy", run: str | None = None) -> None:
-        # Raw ingest writes the registry directly: not while a registry service owns it.
-        require_no_registry_service(
-            butler.root, "ingest-raws", "drop the files into the watched landing folder instead"
-        )
         self.butler = butler
         self.transfer = transfer
         self.run = run

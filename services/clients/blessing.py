@@ -1,6 +1,6 @@
 """Asking the calibration service to bless, from Python or the CLI, and waiting for its answer.
 
-    from services.calib.client import bless_suite
+    from services.clients.blessing import bless_suite
     from services.calib.suite import load_suite
 
     outcome = bless_suite(load_suite(Path("suite.yaml")))   # raises BlessingRejectedError
@@ -21,9 +21,9 @@ from ..bus.config import KafkaSettings
 from ..bus.request import request
 from ..bus.topics import BLESSING_REQUESTS, CALIB_OUTCOMES
 from ..bus.transport import Bus
+from ..calib.suite import NS_CONTEXT, CalibrationSpec, Suite
 from ..core.errors import BlessingRejectedError
 from ..messages import CalibrationOutcome
-from .suite import NS_CONTEXT, CalibrationSpec, Suite
 
 
 def single_suite(
