@@ -1,4 +1,5 @@
-"""Tests for the --where expression language (services/core/where.py)."""
+"""Tests for the --where expression language (services/core/where.py, where_parser.py,
+where_sql.py)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ from services.core.where import (
     Or,
     Range,
     identifiers,
-    parse,
-    to_sql,
 )
+from services.core.where_parser import parse
+from services.core.where_sql import to_sql
 
 
 def eq(name: str, value: Any) -> Comparison:

@@ -2,7 +2,8 @@
 
 A RUN is a dataset's one home; TAGGED holds references; CALIBRATION holds references with
 validity ranges; CHAINED is an ordered search path of other collections. Chain definitions are
-kept forever (``superseded_at``) so a search path can be resolved "as of" a past moment.
+kept forever (``superseded_at``) so a search path can be resolved "as of" a past moment;
+``apply_chain_mode`` says how a chain's children change (redefine, extend, prepend, remove).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import enum
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy
 from sqlalchemy import Table, and_, bindparam, or_, select
@@ -26,6 +27,9 @@ from ..core.errors import (
 )
 from ..core.timespan import ns_to_iso
 from .clock import change_time
+
+ChainMode = Literal["redefine", "extend", "prepend", "remove"]
+"""How ``Registry.set_chain`` combines new children with a chain's current ones."""
 
 
 class CollectionType(enum.Enum):
@@ -255,3 +259,18 @@ class CollectionManager:
         for name in names:
             visit(name, ())
         return out
+
+
+def apply_chain_mode(current: list[str], children: list[str], mode: ChainMode) -> list[str]:
+    """The children of a chain once ``children`` are applied to ``current`` by ``mode``."""
+    if mode == "redefine":
+        return children
+    if mode == "prepend":
+        return children + [c for c in current if c not in children]
+    if mode == "extend":
+        return [c for c in current if c not in children] + children
+    if mode == "remove":
+        return [c for c in current if c not in children]
+    raise CollectionTypeError(
+        f"unknown chain mode {mode!r}; use redefine, extend, prepend or remove"
+    )

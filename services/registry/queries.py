@@ -7,8 +7,9 @@ from typing import Any
 
 from sqlalchemy import Table, and_, select
 
-from ..core import where
 from ..core.errors import ExpressionError
+from ..core.where_parser import parse
+from ..core.where_sql import to_sql
 from .datasets import DatasetType
 from .records import DimensionRecords
 
@@ -17,7 +18,7 @@ def dataset_where(records: DimensionRecords, table: Table, dt: DatasetType, expr
     """``expr`` over data ID keys (``detector = 5``) or fields of their dimension records
     (``exposure.observation_type = 'bias'``), as a condition on the dataset table."""
     universe = records.universe
-    tree = where.parse(expr)
+    tree = parse(expr)
     joins: dict[str, Any] = {}
 
     def resolve(name: str) -> Any:
@@ -37,7 +38,7 @@ def dataset_where(records: DimensionRecords, table: Table, dt: DatasetType, expr
         joins[element_name] = (rec, element)
         return rec.c[field]
 
-    condition = where.to_sql(tree, resolve)
+    condition = to_sql(tree, resolve)
     if not joins:
         return condition
     # Record fields constrain the dataset through EXISTS over the matching records.

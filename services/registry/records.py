@@ -13,7 +13,6 @@ from typing import Any, Literal
 from sqlalchemy import Table, and_, select, tuple_
 from sqlalchemy.engine import Connection, RowMapping
 
-from ..core import where
 from ..core.dimensions import DimensionUniverse, Element
 from ..core.errors import (
     DimensionRecordError,
@@ -23,6 +22,8 @@ from ..core.errors import (
     RecordNotFoundError,
 )
 from ..core.timespan import Timespan
+from ..core.where_parser import parse
+from ..core.where_sql import to_sql
 from .clock import change_time
 from .schema import element_table_name
 
@@ -97,7 +98,7 @@ class DimensionRecords:
         table = self.table(element_name)
         stmt = select(table)
         if expr:
-            stmt = stmt.where(where.to_sql(where.parse(expr), self._resolver(element, table)))
+            stmt = stmt.where(to_sql(parse(expr), self._resolver(element, table)))
         stmt = stmt.order_by(*(table.c[k] for k in element.key_columns))
         return [self._from_row(element, r) for r in conn.execute(stmt).mappings()]
 

@@ -1,7 +1,11 @@
 """The Registry: one object in front of dimension records, datasets, collections and calibs.
 
 Every public method runs in a transaction (joining the caller's ``transaction()`` if one is
-open), so a group of calls can be made atomic: ``with registry.transaction(): ...``.
+open), so a group of calls can be made atomic: ``with registry.transaction(): ...``. Most
+delegate to a manager of one kind of row (``records.py``, ``collections.py``,
+``datasets.py``, ``calibs.py``, ``installations.py``); what spans several lives in its own
+module: searching collections for datasets (``search.py``) and expanding data IDs from
+their records (``data_ids.py``).
 """
 
 from __future__ import annotations
@@ -10,23 +14,24 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from ..core.dimensions import DataId, DimensionUniverse, default_universe
-from ..core.errors import (
-    CalibrationAmbiguityError,
-    CollectionTypeError,
-    NotACalibrationError,
-    RecordNotFoundError,
-)
+from ..core.dimensions import DimensionUniverse, default_universe
+from ..core.errors import NotACalibrationError
 from ..core.timespan import Timespan
 from ..datastore.datastore import StoredFile
 from . import versioning
 from .calibs import CalibrationManager, Validity
-from .collections import Collection, CollectionManager, CollectionType
+from .collections import (
+    ChainMode,
+    Collection,
+    CollectionManager,
+    CollectionType,
+    apply_chain_mode,
+)
+from .data_ids import expand_data_id, with_exposures
 from .database import Database, create_engine
 from .datasets import (
     DatasetManager,
@@ -38,11 +43,9 @@ from .datasets import (
 )
 from .installations import InstallationManager, InstallOutcome
 from .known import KnownRecords, check_data_ids_registered
-from .queries import dataset_where
 from .records import DimensionRecords, Record, SyncResult
 from .schema import build_metadata
-
-ChainMode = Literal["redefine", "extend", "prepend", "remove"]
+from .search import CollectionSearch
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,9 @@ class Registry:
         self.datasets = DatasetManager(universe, tables)
         self.calibs = CalibrationManager(tables)
         self.installations = InstallationManager(self.records)
+        self._search = CollectionSearch(
+            universe, self.records, self.collections, self.datasets, self.calibs
+        )
         db.count_writes = True  # the schema is at head (create, open): it has the generation
         db.on_rollback(self.datasets.forget)
         db.on_rollback(self.collections.forget)
@@ -140,29 +146,8 @@ class Registry:
 
     def expand_data_id(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Fill in the dimensions implied by the given ones (e.g. an exposure's filter and band)."""
-        out = dict(values)
         with self._read() as conn:
-            changed = True
-            while changed:
-                changed = False
-                for element in self.universe.dimensions:
-                    if element.name not in out or not element.implies:
-                        continue
-                    if all(d in out for d in element.implies):
-                        continue
-                    assert element.key is not None
-                    key = {d: out[d] for d in element.requires if d in out}
-                    key[element.key.name] = out[element.name]
-                    record = self.records.fetch(conn, element.name, key)
-                    if record is None:
-                        raise RecordNotFoundError(
-                            f"no {element.name} record for {key}; register it first"
-                        )
-                    for dim in element.implies:
-                        if record.get(dim) is not None and dim not in out:
-                            out[dim] = record[dim]
-                            changed = True
-        return out
+            return expand_data_id(self.records, conn, values)
 
     # --- detector installations -----------------------------------------------------------------
 
@@ -228,7 +213,7 @@ class Registry:
         with self.transaction() as conn:
             self.collections.register(conn, parent, CollectionType.CHAINED)
             current = self.collections.children(conn, self.collections.get(conn, parent), None)
-            new = _apply_chain_mode(current, list(children), mode)
+            new = apply_chain_mode(current, list(children), mode)
             return self.collections.set_chain(conn, parent, new, self.actor)
 
     def freeze_collection(self, name: str) -> Collection:
@@ -312,51 +297,10 @@ class Registry:
     ) -> CalibrationMatch | None:
         """The first match along the collection search path (CALIBRATION needs a timespan)."""
         with self._read() as conn:
-            type_id, dt = self.datasets.type_with_id(conn, dataset_type)
-            values = self._expand_for(conn, dt, data_id)
-            normalized = self.universe.data_id(dt.dimensions, values)
-            for name in self.collections.flatten(conn, collections, as_of):
-                collection = self.collections.resolve(conn, name)
-                match = self._find_in(conn, collection, type_id, dt, normalized, timespan, as_of)
-                if match is not None:
-                    return match
-        return None
-
-    def _expand_for(self, conn: Connection, dt: DatasetType, data_id: Mapping[str, Any]) -> Any:
-        if all(d in data_id for d in dt.dimensions):
-            return data_id
-        return self.expand_data_id(data_id)
-
-    def _find_in(
-        self,
-        conn: Connection,
-        collection: Collection,
-        type_id: int,
-        dt: DatasetType,
-        data_id: DataId,
-        timespan: Timespan | None,
-        as_of: int | None,
-    ) -> CalibrationMatch | None:
-        ref: DatasetRef | None = None
-        if collection.type is CollectionType.RUN:
-            ref = self.datasets.find_in_run(conn, type_id, data_id, collection.id, as_of)
-        elif collection.type is CollectionType.TAGGED:
-            ref = self.datasets.find_in_tagged(conn, type_id, data_id, collection.id)
-        elif collection.type is CollectionType.CALIBRATION and timespan is not None:
-            found = self.calibs.lookup(
-                conn,
-                collection.id,
-                type_id,
-                data_id.key,
-                timespan,
-                as_of,
-                f"{dt.name} {data_id} in {collection.name}",
+            found = self._search.find_first(
+                conn, dataset_type, data_id, collections, timespan, as_of
             )
-            if found is not None:
-                validity, run = found
-                ref = DatasetRef(validity.dataset_id, dt, data_id, run)
-                return CalibrationMatch(ref, collection.name, validity.timespan)
-        return None if ref is None else CalibrationMatch(ref, collection.name, None)
+        return None if found is None else CalibrationMatch(*found)
 
     def query_datasets(
         self,
@@ -367,40 +311,7 @@ class Registry:
     ) -> list[tuple[DatasetRef, str]]:
         """Datasets of a type in the collections (each with the collection it was found in)."""
         with self._read() as conn:
-            type_id, dt = self.datasets.type_with_id(conn, dataset_type)
-            condition = (
-                dataset_where(self.records, self.datasets.dataset_table, dt, expr) if expr else None
-            )
-            out: list[tuple[DatasetRef, str]] = []
-            seen: set[str] = set()
-            for name in self.collections.flatten(conn, collections):
-                collection = self.collections.get(conn, name)
-                if collection.type is CollectionType.RUN:
-                    refs = self.datasets.query(conn, type_id, [collection.id], [], condition)
-                elif collection.type is CollectionType.TAGGED:
-                    refs = self.datasets.query(conn, type_id, [], [collection.id], condition)
-                else:
-                    ids = {
-                        v.dataset_id for v in self.calibs.live(conn, collection.id, type_id, None)
-                    }
-                    refs = self._refs_matching(conn, sorted(ids), type_id, condition)
-                for ref in sorted(refs, key=lambda r: r.data_id.key):
-                    if find_first and ref.data_id.key in seen:
-                        continue
-                    seen.add(ref.data_id.key)
-                    out.append((ref, name))
-            return out
-
-    def _refs_matching(
-        self, conn: Connection, ids: Sequence[uuid.UUID], type_id: int, condition: Any
-    ) -> list[DatasetRef]:
-        if not ids:
-            return []
-        table = self.datasets.dataset_table
-        stmt = select(table.c.id).where(table.c.id.in_(ids), table.c.dataset_type_id == type_id)
-        if condition is not None:
-            stmt = stmt.where(condition)
-        return self.datasets.get_refs(conn, list(conn.execute(stmt).scalars()))
+            return self._search.query(conn, dataset_type, collections, expr, find_first)
 
     # --- calibrations ---------------------------------------------------------------------------
 
@@ -458,34 +369,7 @@ class Registry:
 
         Two queries however many data IDs: one for the exposures, one for their filters.
         """
-        with self._read() as conn:
-            exp_keys = [{"instrument": d["instrument"], "id": int(d["exposure"])} for d in data_ids]
-            exposures = self.records.fetch_many(conn, "exposure", exp_keys)
-            filters = self.records.fetch_many(
-                conn,
-                "physical_filter",
-                [
-                    {"instrument": e["instrument"], "name": e["physical_filter"]}
-                    for e in exposures.values()
-                    if e["physical_filter"] is not None
-                ],
-            )
-        out: list[tuple[dict[str, Any], Timespan]] = []
-        for values, key in zip(data_ids, exp_keys, strict=True):
-            exposure = exposures.get((key["instrument"], key["id"]))
-            if exposure is None or exposure["timespan"] is None:
-                raise RecordNotFoundError(
-                    f"no exposure {key['id']} of {key['instrument']} with a timespan is registered"
-                )
-            expanded = {**values, "exposure": key["id"]}
-            for dim in ("physical_filter", "group", "day_obs"):
-                if exposure[dim] is not None:
-                    expanded.setdefault(dim, exposure[dim])
-            band = filters.get((key["instrument"], exposure["physical_filter"]), {}).get("band")
-            if band is not None:
-                expanded.setdefault("band", band)
-            out.append((expanded, exposure["timespan"]))
-        return out
+        return with_exposures(self.db, self.records, data_ids)
 
     def find_calibrations_bulk(
         self,
@@ -496,47 +380,8 @@ class Registry:
     ) -> list[CalibrationMatch | None]:
         """Resolve many (data ID, timespan) lookups with one joined query per search."""
         with self._read() as conn:
-            type_id, dt = self.datasets.type_with_id(conn, dataset_type)
-            names = self.collections.flatten(conn, collections, as_of)
-            cols = [self.collections.resolve(conn, n) for n in names]
-            calib_cols = [c for c in cols if c.type is CollectionType.CALIBRATION]
-            if len(calib_cols) != len(cols):
-                other = [c.name for c in cols if c.type is not CollectionType.CALIBRATION]
-                raise CollectionTypeError(
-                    f"bulk calibration lookups search CALIBRATION collections only; "
-                    f"{', '.join(other)} are not"
-                )
-            keys = [self.universe.data_id(dt.dimensions, d).key for d, _ in queries]
-            matches = self.calibs.bulk_lookup(
-                conn,
-                [c.id for c in calib_cols],
-                type_id,
-                [(k, ts) for k, (_, ts) in zip(keys, queries, strict=True)],
-                as_of,
-            )
-            rank = {c.id: i for i, c in enumerate(calib_cols)}
-            chosen: list[Validity | None] = []
-            for key, (_, ts), found in zip(keys, queries, matches, strict=True):
-                if not found:
-                    chosen.append(None)
-                    continue
-                best = min(rank[v.collection_id] for v in found)
-                winners = [v for v in found if rank[v.collection_id] == best]
-                if len(winners) > 1:
-                    raise CalibrationAmbiguityError(
-                        f"{dt.name} {key}: the time range {ts} spans {len(winners)} validity "
-                        f"ranges in {calib_cols[best].name}; ask for a narrower range"
-                    )
-                chosen.append(winners[0])
-            ids = sorted({v.dataset_id for v in chosen if v is not None})
-            refs = {r.id: r for r in self.datasets.get_refs(conn, ids)} if ids else {}
-            names_by_id = {c.id: c.name for c in calib_cols}
-            return [
-                None
-                if v is None
-                else CalibrationMatch(refs[v.dataset_id], names_by_id[v.collection_id], v.timespan)
-                for v in chosen
-            ]
+            found = self._search.find_calibrations(conn, dataset_type, collections, queries, as_of)
+        return [None if f is None else CalibrationMatch(*f) for f in found]
 
     def query_calibrations(
         self, collection: str, dataset_type: str | None = None, as_of: int | None = None
@@ -553,17 +398,3 @@ class Registry:
                 else {}
             )
             return [(refs[v.dataset_id], v.timespan) for v in rows]
-
-
-def _apply_chain_mode(current: list[str], children: list[str], mode: ChainMode) -> list[str]:
-    if mode == "redefine":
-        return children
-    if mode == "prepend":
-        return children + [c for c in current if c not in children]
-    if mode == "extend":
-        return [c for c in current if c not in children] + children
-    if mode == "remove":
-        return [c for c in current if c not in children]
-    raise CollectionTypeError(
-        f"unknown chain mode {mode!r}; use redefine, extend, prepend or remove"
-    )
