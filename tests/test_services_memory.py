@@ -328,3 +328,44 @@ def test_replay_skips_what_the_live_service_dead_lettered(repo: Butler, tmp_path
     assert (counts.applied, counts.skipped, counts.refused) == (1, 1, 0)
     names = {c.name for c in repo.registry.query_collections()}
     assert "chain-a" in names and "chain-b" not in names
+
+
+def test_a_change_set_is_answered_with_what_it_did_and_its_datasets(
+    repo: Butler, tmp_path: Path
+) -> None:
+    from services.datastore.datastore import StoredFile
+    from services.registry.changes import ChangeSet, NewCollection
+    from services.registry.collections import CollectionType
+    from services.registry.datasets import DatasetRef, DatasetType
+
+    bias = DatasetType("bias", ("instrument", "detector"), "Json", True)
+    data_id = repo.registry.universe.data_id(
+        bias.dimensions, {"instrument": "SimCam", "detector": 0}
+    )
+    ref = DatasetRef(uuid.uuid4(), bias, data_id, "SimCam/new")
+    stored = StoredFile(
+        ref.id,
+        "SimCam/new/bias_0.json",
+        "services.datastore.formatters.JsonFormatter",
+        "Json",
+        2,
+        "blake2b:" + "0" * 128,
+    )
+    changes = ChangeSet(
+        "register bias into SimCam/new",
+        dataset_types=(bias,),
+        collections=(NewCollection("SimCam/new", CollectionType.RUN),),
+        datasets=(ref,),
+        stored=(stored,),
+    )
+    bus = memory_bus()
+    command = RegistryCommand.new(changes, "pytest")
+    bus.send(REGISTRY_COMMANDS.name, b"obsbus/writes", command.encode())
+    Pipeline(bus, repo, tmp_path / "landing").drain()
+    (answer,) = [
+        e for e in decoded(bus, REGISTRY_EVENTS.name) if e["command_id"] == command.command_id
+    ]
+    assert answer["kind"] == "changes-applied"
+    assert answer["message"] == "register bias into SimCam/new: 3 row(s)"
+    assert answer["dataset_ids"] == [str(ref.id)]
+    assert repo.registry.get_dataset(ref.id).run == "SimCam/new"

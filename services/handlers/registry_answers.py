@@ -22,7 +22,6 @@ from ..messages import (
     RegistryCommand,
     RegistryEvent,
 )
-from ..registry.changes import ChangeSet
 from ..registry.command_types import blessing_of, type_of
 from ..registry.commands import Command, IngestRaw, IngestResult
 
@@ -48,12 +47,10 @@ def answers(item: Incoming, command: RegistryCommand, result: Result) -> list[Ou
     if isinstance(result, IngestResult):
         assert isinstance(cmd, IngestRaw)
         return _ingested(command, cmd, key, result)
-    kind = type_of(cmd).answer
-    if isinstance(cmd, ChangeSet):
-        ids = tuple(str(ref.id) for ref in cmd.datasets)
-        message = f"{cmd.what}: {result.changed} row(s)"
-        return [_event(command.command_id, key, kind, message, dataset_ids=ids)]
-    out = [_event(command.command_id, key, kind, f"{kind}: {result.changed} row(s)")]
+    command_type = type_of(cmd)
+    message = command_type.summarize(cmd, result.changed)
+    ids = command_type.dataset_ids(cmd)
+    out = [_event(command.command_id, key, command_type.answer, message, dataset_ids=ids)]
     blessing = blessing_of(cmd)
     if blessing is not None:
         out.append(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from ..core.errors import InputError
@@ -35,6 +35,15 @@ class CommandType(Generic[C]):
     # ranges) it changed. None: raw ingest, applied in batches by the IngestApplier.
     apply: Callable[[Registry, C], int] | None
     answer: str  # the kind of the RegistryEvent that answers it when applied
+    # What that event says of it: a summary of what it did (from the rows it changed), and
+    # the ids of the datasets it names (so a dashboard can follow a dataset's changes).
+    summary: Callable[[C, int], str] | None = field(default=None)
+    dataset_ids: Callable[[C], tuple[str, ...]] = field(default=lambda _cmd: ())
+
+    def summarize(self, cmd: C, changed: int) -> str:
+        if self.summary is not None:
+            return self.summary(cmd, changed)
+        return f"{self.answer}: {changed} row(s)"
 
 
 def _certify(registry: Registry, cmd: Certify) -> int:
@@ -96,6 +105,8 @@ COMMAND_TYPES: tuple[CommandType[Any], ...] = (
         bodies.change_set_from,
         apply_change_set,
         "changes-applied",
+        summary=lambda cmd, changed: f"{cmd.what}: {changed} row(s)",
+        dataset_ids=lambda cmd: tuple(str(ref.id) for ref in cmd.datasets),
     ),
 )
 
