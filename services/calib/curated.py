@@ -48,8 +48,8 @@ from ..core.errors import (
     UnregisteredDataIdError,
 )
 from ..core.timespan import Timespan, ns_to_iso, time_to_ns
-from ..datastore.datastore import file_checksum
 from ..datastore.storage_classes import formatter_for_file, get_storage_class
+from ..datastore.stored import file_checksum
 from ..instruments.base import Instrument
 from ..registry.changes import Certification, ChainChange, ChangeSet, NewCollection
 from ..registry.collections import CollectionType
