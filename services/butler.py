@@ -25,9 +25,11 @@ from .core.config import (
 )
 from .core.errors import DatasetNotFoundError, ObsbusError, UnregisteredDataIdError
 from .core.timespan import Timespan
-from .datastore.datastore import DatastoreTransaction, FileDatastore, StoredFile
+from .datastore.datastore import FileDatastore
 from .datastore.formatters import load_formatter
 from .datastore.storage_classes import get_storage_class
+from .datastore.stored import StoredFile
+from .datastore.transaction import DatastoreTransaction
 from .registry.changes import ChangeSet
 from .registry.datasets import DatasetRef, DatasetType, IdGenerationMode, InsertOutcome
 from .registry.registry import CalibrationMatch, Registry

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from services.butler import Butler
-from services.calib.curated import default_source, read_tree, write_curated_calibrations
+from services.calib.curated import write_curated_calibrations
+from services.calib.curated_tree import default_source, read_tree
 from services.core.errors import (
     CameraDetectorNotFoundError,
     ComponentParameterError,

@@ -29,7 +29,7 @@ from astropy.table import Table
 
 from services.butler import Butler
 from services.core.timespan import now_ns, parse_time, time_to_ns
-from services.datastore.datastore import TRANSFER_MODES
+from services.datastore.transaction import TRANSFER_MODES
 from tests.support.cli import (
     ERROR_PREFIX,
     Cli,

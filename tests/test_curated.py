@@ -21,13 +21,8 @@ from astropy.table import Table
 
 from services.butler import Butler
 from services.calib import curated
-from services.calib.curated import (
-    CURATED_TYPES,
-    CuratedWrite,
-    default_source,
-    read_tree,
-    write_curated_calibrations,
-)
+from services.calib.curated import CuratedWrite, write_curated_calibrations
+from services.calib.curated_tree import CURATED_TYPES, default_source, read_tree
 from services.cli import curated_commands
 from services.core.errors import (
     CollectionError,

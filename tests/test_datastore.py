@@ -916,7 +916,7 @@ def test_move_across_filesystems_copies_and_rolls_back(
 ) -> None:
     # os.rename fails across filesystems; the move must fall back to copy + delete, both
     # forwards and when undoing.
-    monkeypatch.setattr("services.datastore.datastore.os.rename", _cross_device)
+    monkeypatch.setattr("services.datastore.file_ops.os.rename", _cross_device)
     original = raw_file.read_bytes()
     stored = ingest(ds, raw_file, "move")
     assert not raw_file.exists()
@@ -941,7 +941,7 @@ def test_move_across_filesystems_copies_and_rolls_back(
 def test_hardlink_across_filesystems_is_a_clear_transfer_error(
     ds: FileDatastore, root: Path, raw_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("services.datastore.datastore.os.link", _cross_device)
+    monkeypatch.setattr("services.datastore.transaction.os.link", _cross_device)
     with pytest.raises(TransferError, match="different filesystems"):
         ingest(ds, raw_file, "hardlink")
     assert files_under(root) == []

@@ -10,7 +10,8 @@ import pytest
 
 from services.core.errors import FileConflictError
 from services.datastore import FileDatastore, durability, file_checksum
-from services.datastore.datastore import DatastoreTransaction, StoredFile
+from services.datastore.stored import StoredFile
+from services.datastore.transaction import DatastoreTransaction
 
 
 def sources(tmp_path: Path, n: int) -> list[Path]:

@@ -197,7 +197,7 @@ def test_ingest_handler_batch_not_made_durable_for_quota(
     def over_quota(paths: object) -> None:
         raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
 
-    monkeypatch.setattr("services.datastore.datastore.sync_files", over_quota)
+    monkeypatch.setattr("services.datastore.transaction.sync_files", over_quota)
     out = IngestHandler(repo)(incoming([raw_arrival(p) for p in raws[:3]]))
     assert sorted(o.topic for o in out) == [INGEST_OUTCOMES.name] * 3 + [RAW_ARRIVALS.name] * 3
     assert {o.message.reason for o in out if o.topic == INGEST_OUTCOMES.name} == {"datastore_full"}

@@ -38,7 +38,7 @@ from ..core.errors import (
     UnregisteredDataIdError,
 )
 from ..core.timespan import Timespan
-from ..datastore.datastore import file_checksum
+from ..datastore.stored import file_checksum
 from ..registry.collections import CollectionType
 from ..registry.datasets import DatasetRef, DatasetType, IdGenerationMode
 from ..registry.suites import apply_suite

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..datastore.datastore import TRANSFER_MODES
+from ..datastore.transaction import TRANSFER_MODES
 from ..ingest.headers import configure_offline_translation
 from ..ingest.raws import RawIngester, find_raw_files
 from .opening import open_butler, require_no_registry_service

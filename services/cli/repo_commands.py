@@ -9,7 +9,7 @@ from typing import Any
 from ..butler import Butler, FileToIngest
 from ..core.dimensions import parse_data_id_args
 from ..core.errors import InputError, ObsbusError, UnregisteredDataIdError
-from ..datastore.datastore import TRANSFER_MODES
+from ..datastore.transaction import TRANSFER_MODES
 from ..instruments import load_instrument
 from ..registry.datasets import DatasetType, IdGenerationMode
 from .opening import open_butler, require_no_registry_service

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..butler import Butler
-from ..datastore.datastore import TRANSFER_MODES
+from ..datastore.transaction import TRANSFER_MODES
 from .opening import open_butler, require_no_registry_service
 
 Sub = Any

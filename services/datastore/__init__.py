@@ -4,13 +4,7 @@ Pure filesystem logic; the registry records each ``StoredFile`` and opens a data
 ``transaction()`` around its database transaction so files and rows stay consistent.
 """
 
-from services.datastore.datastore import (
-    TRANSFER_MODES,
-    DatastoreTransaction,
-    FileDatastore,
-    StoredFile,
-    file_checksum,
-)
+from services.datastore.datastore import FileDatastore
 from services.datastore.formatters import (
     EcsvFormatter,
     FitsImageFormatter,
@@ -26,7 +20,9 @@ from services.datastore.storage_classes import (
     formatter_for_file,
     get_storage_class,
 )
+from services.datastore.stored import StoredFile, file_checksum
 from services.datastore.templates import DEFAULT_TEMPLATE, PathTemplate, sanitize
+from services.datastore.transaction import TRANSFER_MODES, DatastoreTransaction
 
 __all__ = [
     "DEFAULT_TEMPLATE",

@@ -27,7 +27,7 @@ from ..bus.runner import Incoming, Outgoing
 from ..bus.topics import INGEST_OUTCOMES, RAW_ARRIVALS, REGISTRY_COMMANDS, exposure_key
 from ..butler import Butler
 from ..core.errors import DatastoreFullError, ObsbusError
-from ..datastore.datastore import DatastoreTransaction
+from ..datastore.transaction import DatastoreTransaction
 from ..ingest.headers import HeaderTranslator, configure_offline_translation
 from ..ingest.raws import PreparedFile, prepare, raw_refs, to_command, transfer_file
 from ..messages import IngestOutcome, RawArrival, RegistryCommand

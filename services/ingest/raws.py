@@ -24,7 +24,8 @@ from ..core.errors import (
     UnknownInstrumentError,
 )
 from ..core.timespan import now_ns
-from ..datastore.datastore import DatastoreTransaction, StoredFile
+from ..datastore.stored import StoredFile
+from ..datastore.transaction import DatastoreTransaction
 from ..fits.hdus import read_hdus
 from ..instruments import Instrument, available, load_instrument
 from ..instruments.base import RAW

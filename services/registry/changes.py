@@ -16,7 +16,7 @@ from typing import Literal
 
 from ..core.errors import CollectionExistsError, DatastoreError, UnregisteredDataIdError
 from ..core.timespan import Timespan
-from ..datastore.datastore import StoredFile
+from ..datastore.stored import StoredFile
 from .collections import CollectionType
 from .datasets import DatasetRef, DatasetType
 from .registry import Registry

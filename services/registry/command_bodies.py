@@ -15,7 +15,7 @@ from typing import Any
 
 from ..core.dimensions import DataId
 from ..core.timespan import Timespan
-from ..datastore.datastore import StoredFile
+from ..datastore.stored import StoredFile
 from .changes import Certification, ChainChange, ChangeSet, NewCollection, check_files
 from .collections import CollectionType
 from .commands import Certify, Decertify, IngestRaw, Installation, SetChain

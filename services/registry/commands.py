@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from ..core.errors import FileConflictError, InstrumentNotRegisteredError
 from ..core.timespan import Timespan
-from ..datastore.datastore import StoredFile
+from ..datastore.stored import StoredFile
 from .changes import ChangeSet
 from .datasets import DatasetRef, DatasetType
 from .known import KnownInstallations, KnownRecords

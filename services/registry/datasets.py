@@ -19,7 +19,7 @@ from ..core.errors import (
     DatasetTypeError,
     MissingDatasetTypeError,
 )
-from ..datastore.datastore import StoredFile
+from ..datastore.stored import StoredFile
 from .clock import change_time, dataset_time
 
 # Namespace of obsbus's deterministic dataset ids (uuid5); never change it.

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 from ..core.dimensions import DimensionUniverse, default_universe
 from ..core.errors import NotACalibrationError
 from ..core.timespan import Timespan
-from ..datastore.datastore import StoredFile
+from ..datastore.stored import StoredFile
 from . import versioning
 from .calibs import CalibrationManager, Validity
 from .collections import (
