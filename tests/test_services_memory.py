@@ -22,9 +22,13 @@ from services.bus.topics import (
 )
 from services.butler import Butler
 from services.core.timespan import Timespan
+from services.datastore.stored import StoredFile
 from services.instruments import load_instrument
 from services.instruments.simcam import write_exposure
 from services.messages import BlessingRequest, DeadLetter, RegistryCommand
+from services.registry.changes import ChangeSet, NewCollection
+from services.registry.collections import CollectionType
+from services.registry.datasets import DatasetRef, DatasetType
 from tests.support import headers as hdrs
 from tests.support.bus import Pipeline, decoded, memory_bus, raw_arrival, statuses
 
@@ -333,11 +337,6 @@ def test_replay_skips_what_the_live_service_dead_lettered(repo: Butler, tmp_path
 def test_a_change_set_is_answered_with_what_it_did_and_its_datasets(
     repo: Butler, tmp_path: Path
 ) -> None:
-    from services.datastore.datastore import StoredFile
-    from services.registry.changes import ChangeSet, NewCollection
-    from services.registry.collections import CollectionType
-    from services.registry.datasets import DatasetRef, DatasetType
-
     bias = DatasetType("bias", ("instrument", "detector"), "Json", True)
     data_id = repo.registry.universe.data_id(
         bias.dimensions, {"instrument": "SimCam", "detector": 0}
