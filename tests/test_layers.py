@@ -26,6 +26,8 @@ LAYERS = (
     {"ingest", "calib"},
     {"bus"},
     {"handlers", "clients"},
+    {"ops"},
+    {"web"},
     {"cli"},
 )
 RANK = {package: i for i, layer in enumerate(LAYERS) for package in layer}
