@@ -239,7 +239,9 @@ def test_two_brokers_lost_writes_fail_loudly_and_the_night_resumes(
     # expires, kafka-python drops the idempotent producer's id and then only asks for a new
     # one (which needs the controllers' quorum), never expiring the other batches, so its
     # flush() can block until a broker returns; a producer made during the outage blocks the
-    # same way. KafkaBus.flush bounds the wait itself (services/bus/transport.py).
+    # same way. KafkaBus.flush bounds the wait itself (services/bus/transport.py), and a
+    # failed flush does not connect again (that is the next send's wait, also bounded: CI
+    # once saw flush's bound plus a new producer's 30 s bootstrap here).
     assert not blocked, (
         f"send+flush with two of three brokers down blocked past "
         f"{DELIVERY_TIMEOUT_S + 30:g} s (delivery timeout {DELIVERY_TIMEOUT_S:g} s)"

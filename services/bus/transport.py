@@ -221,6 +221,7 @@ class KafkaBus:
         from kafka.errors import KafkaConfigurationError
 
         timeout_ms = int(self._delivery_timeout_s * 1000)
+        wait_ms = max(1000, min(30_000, timeout_ms // 2))
         try:
             return KafkaProducer(
                 bootstrap_servers=self.bootstrap,
@@ -231,7 +232,11 @@ class KafkaBus:
                 # sends it again later); until then the producer keeps retrying.
                 delivery_timeout_ms=timeout_ms,
                 # kafka-python wants delivery >= linger + request timeout.
-                request_timeout_ms=max(1000, min(30_000, timeout_ms // 2)),
+                request_timeout_ms=wait_ms,
+                # Its own defaults wait 30 s to bootstrap and 60 s for a topic's metadata,
+                # longer than the delivery timeout itself: no call here waits past it.
+                bootstrap_timeout_ms=wait_ms,
+                max_block_ms=wait_ms,
                 **self._security,
             )
         except KafkaConfigurationError as err:  # no outage: waiting would not help
@@ -245,13 +250,12 @@ class KafkaBus:
     def _fail(self, message: str, err: Exception | None) -> BusError:
         """A send that was not acknowledged: drop the producer with whatever it still holds
         (kafka-python's flush() can wait forever on a batch that expired in an outage) and
-        start a new one; the caller sends again, or handles the messages again."""
+        let the next send start a new one (not this call: connecting can take as long again,
+        and a failed flush must return within its bound); the caller sends again, or handles
+        the messages again."""
         self._pending = []
         _discard(self._producer)
-        try:
-            self._producer = self._new_producer()
-        except BusError:  # no broker now: the next send tries again
-            self._producer = _Unconnected(self)
+        self._producer = _Unconnected(self)
         return BusError(f"{message}: {err}")
 
     def send(self, topic: str, key: bytes | None, value: bytes) -> None:
