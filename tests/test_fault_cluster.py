@@ -14,8 +14,10 @@ deploy/cluster/cluster.sh in a temporary folder (stopped by its pids at the end)
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -204,6 +206,7 @@ def test_two_brokers_lost_writes_fail_loudly_and_the_night_resumes(
     # Loud: BusError once the delivery timeout has passed. Checked at the end of the test, so
     # that the recovery is checked either way.
     blocked = thread.is_alive()
+    where = "".join(traceback.format_stack(sys._current_frames()[thread.ident])) if blocked else ""
     if "error" in result:
         assert isinstance(result["error"], BusError), repr(result["error"])
     print(f"two brokers down: the write {'still blocks' if blocked else 'failed'} ({result})")
@@ -239,12 +242,12 @@ def test_two_brokers_lost_writes_fail_loudly_and_the_night_resumes(
     # expires, kafka-python drops the idempotent producer's id and then only asks for a new
     # one (which needs the controllers' quorum), never expiring the other batches, so its
     # flush() can block until a broker returns; a producer made during the outage blocks the
-    # same way. KafkaBus.flush bounds the wait itself (services/bus/transport.py), and a
-    # failed flush does not connect again (that is the next send's wait, also bounded: CI
-    # once saw flush's bound plus a new producer's 30 s bootstrap here).
+    # same way. KafkaBus.flush bounds the wait itself (services/bus/transport.py): one
+    # deadline for all batches (kafka-python's flush timeout is per batch), and a failed
+    # flush does not connect again (that is the next send's wait, also bounded).
     assert not blocked, (
         f"send+flush with two of three brokers down blocked past "
-        f"{DELIVERY_TIMEOUT_S + 30:g} s (delivery timeout {DELIVERY_TIMEOUT_S:g} s)"
+        f"{DELIVERY_TIMEOUT_S + 30:g} s (delivery timeout {DELIVERY_TIMEOUT_S:g} s), in\n{where}"
     )
 
 

@@ -273,13 +273,21 @@ class KafkaBus:
         self._pending.append(future)
 
     def flush(self) -> None:
-        from kafka.errors import KafkaError
+        from kafka.errors import KafkaError, KafkaTimeoutError
 
-        try:
-            # Bounded: every message is acknowledged or expired by then.
-            self._producer.flush(timeout=self._delivery_timeout_s + 10)
-        except KafkaError as err:
-            raise self._fail("Kafka did not acknowledge messages", err) from err
+        # Every message is acknowledged or expired by then. kafka-python's flush(timeout)
+        # waits up to ``timeout`` per batch, not in all (CI saw 3 batches x 45 s with two of
+        # three brokers down): short flushes until one deadline bound the whole wait.
+        deadline = time.monotonic() + self._delivery_timeout_s + 10
+        while True:
+            try:
+                self._producer.flush(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+                break
+            except KafkaTimeoutError as err:
+                if time.monotonic() >= deadline:
+                    raise self._fail("Kafka did not acknowledge messages", err) from err
+            except KafkaError as err:
+                raise self._fail("Kafka did not acknowledge messages", err) from err
         pending, self._pending = self._pending, []
         for future in pending:
             if not future.is_done or future.failed():
