@@ -71,3 +71,9 @@ def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT)  # so tests.support instruments can be named
     return env
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The dashboards tests start (`obsbus up` starts one) take any free port, never the
+    # default 8642 a user's own dashboard may hold.
+    os.environ.setdefault("OBSBUS_DASHBOARD_PORT", "0")

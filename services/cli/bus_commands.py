@@ -22,11 +22,12 @@ from ..core import runfiles
 from ..core.dimensions import parse_data_id_args
 from ..core.errors import BusError, ConfigError, OutageError
 from ..core.timespan import Timespan, ns_to_iso
+from ..web.config import DashboardSettings
 from . import supervisor
 from . import up as up_mod
 
 Sub = Any
-SERVICES = ("watcher", "ingest", "registry", "calib")
+SERVICES = ("watcher", "ingest", "registry", "calib", "dashboard")
 
 
 def add_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
@@ -51,6 +52,9 @@ def add_commands(sub: Sub, common: argparse.ArgumentParser) -> None:
         choices=["copy", "hardlink", "symlink", "direct"],
         help="datastore transfer mode (ingest)",
     )
+    p.add_argument("--host", help="address the dashboard listens on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="the dashboard's port (default 8642; 0: any free)")
+    p.add_argument("--hours", type=float, help="the window the dashboard shows (default 12)")
     p.add_argument("--name", help="instance name (default: the service name)")
     p.set_defaults(func=cmd_serve)
 
@@ -209,7 +213,14 @@ def _build(
     while not stop.is_set():
         try:
             runnable = up_mod.service(
-                args.service, name, args.repo, bus, args.watch, args.transfer, args.watch_mode
+                args.service,
+                name,
+                args.repo,
+                bus,
+                args.watch,
+                args.transfer,
+                args.watch_mode,
+                _dashboard_settings(args),
             )
         except OutageError as err:
             outage.wait(err, stop)
@@ -217,6 +228,11 @@ def _build(
         outage.ok()
         return runnable
     return None
+
+
+def _dashboard_settings(args: argparse.Namespace) -> DashboardSettings:
+    flags = {k: getattr(args, k) for k in ("host", "port", "hours")}
+    return DashboardSettings(**{k: v for k, v in flags.items() if v is not None})
 
 
 def _connect(name: str, stop: threading.Event) -> KafkaBus | None:

@@ -28,14 +28,13 @@ from typing import Any
 import structlog
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ..core.runfiles import run_dir
+from ..core.runfiles import STATE_NAME, run_dir
 from ..core.timespan import now_ns
 
 log = structlog.get_logger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SCRIPT = PROJECT_ROOT / "deploy" / "kafka.sh"
-STATE_NAME = "up.json"
 
 
 class RestartPolicy(BaseSettings):

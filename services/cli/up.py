@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -24,19 +23,21 @@ from typing import Any
 
 from ..bus.admin import ensure_topics, wait_for_broker
 from ..bus.config import KafkaSettings
-from ..bus.outage import broker_reachable
 from ..bus.runner import Handler, ServiceLoop
 from ..bus.topics import INGEST_OUTCOMES
 from ..bus.transport import Bus
 from ..butler import Butler
 from ..core.config import CONFIG_NAME
 from ..core.errors import BusError, ConfigError
-from ..core.runfiles import alive, run_dir
+from ..core.runfiles import STATE_NAME, alive, run_dir
 from ..core.timespan import now_ns, ns_to_iso
 from ..messages import IngestOutcome
-from .supervisor import KAFKA_SCRIPT, STATE_NAME, describe_exit
+from ..ops.status import read_state, service_statuses, status_rows, supervisor_alive
+from ..web.config import DashboardSettings
+from ..web.serve import DashboardServer, status_url
+from .supervisor import KAFKA_SCRIPT, describe_exit
 
-SERVICE_NAMES = ("registry", "calib", "ingest", "watcher")
+SERVICE_NAMES = ("registry", "calib", "ingest", "watcher", "dashboard")
 
 
 class Runnable:
@@ -61,9 +62,12 @@ def service(
     watch: list[Path],
     transfer: str,
     watch_mode: str = "auto",
+    dashboard: DashboardSettings | None = None,
 ) -> Runnable:
     """Build one of the four services from its declaration (services/handlers/)."""
     status = run_dir(repo) / f"{name}.json"
+    if kind == "dashboard":
+        return Runnable(_dashboard(repo, bus, name, status, dashboard or DashboardSettings()))
     if kind == "watcher":
         from ..handlers.watcher import Watcher
 
@@ -92,6 +96,17 @@ def service(
         handler = calib.CalibHandler(butler.registry, name)
     loop = ServiceLoop.declared(declaration, bus, handler, name=name, status_file=status)
     return Runnable(loop, butler)
+
+
+def _dashboard(
+    repo: Path, bus: Bus, name: str, status: Path, settings: DashboardSettings
+) -> DashboardServer:
+    from ..web.dashboard import Dashboard
+
+    board = Dashboard(
+        bus, repo, settings.hours * 3600, settings.quiet_s, name=name, status_file=status
+    )
+    return DashboardServer(board, settings.host, settings.port)
 
 
 def _start_broker() -> tuple[bool, bool]:
@@ -150,6 +165,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"{watch}; logs in {repo / 'var' / 'log'}",
         flush=True,
     )
+    url = _dashboard_url(repo)
+    print(f"dashboard: {url or 'not answering yet; see `obsbus status`'}", flush=True)
     if args.detach:
         return 0
     try:
@@ -158,10 +175,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         _stop(repo)
 
 
+def _dashboard_url(repo: Path, timeout_s: float = 10.0) -> str | None:
+    """The dashboard's address once it listens (its status file says; port 0 is any)."""
+    pid = read_state(repo)["services"].get("dashboard", {}).get("pid")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        url = status_url(run_dir(repo) / "dashboard.json", pid)
+        if url:
+            return url
+        time.sleep(0.1)
+    return None
+
+
 def _refuse_if_running(repo: Path) -> None:
     state = read_state(repo)
     running = [pid for pid in _recorded_pids(state).values() if alive(pid)]
-    if _supervisor_alive(state) or running:
+    if supervisor_alive(state) or running:
         raise ConfigError(
             f"services already run for {repo} (pids {sorted(running)}); "
             "`obsbus down REPO` stops them"
@@ -230,10 +259,10 @@ def _follow(args: argparse.Namespace, repo: Path, watch: Path) -> int:
                 if reported.get(name, (0, "running")) != seen:
                     print(_restart_line(name, s), flush=True)
                 reported[name] = seen
-            if not _supervisor_alive(state):
+            if not supervisor_alive(state):
                 raise BusError(f"the supervisor stopped; see {repo}/var/log/supervisor.log")
             if time.monotonic() - last_print > 1.0:
-                lag = sum(int(s.get("lag", 0)) for s in _statuses(repo).values())
+                lag = sum(int(s.get("lag", 0)) for s in service_statuses(repo).values())
                 print(
                     f"landed {landed}  ingested {counts['ingested']}  already-present "
                     f"{counts['already-present']}  failed {counts['failed']}  lag {lag}",
@@ -278,7 +307,6 @@ class _Simulator:
     def step(self) -> int:
         if self.left == 0 or time.monotonic() < self.next_at:
             return 0
-        from ..core.timespan import now_ns, ns_to_iso
         from ..instruments.simcam import write_exposure
 
         files = write_exposure(self.watch, self.seq, str(ns_to_iso(now_ns())))
@@ -286,32 +314,6 @@ class _Simulator:
         self.left -= 1
         self.next_at = time.monotonic() + self.interval
         return len(files)
-
-
-def read_state(repo: Path) -> dict[str, Any]:
-    """What the supervisor last wrote (``up.json``), or {} when nothing was started."""
-    try:
-        state: dict[str, Any] = json.loads((run_dir(repo) / STATE_NAME).read_text())
-    except (OSError, ValueError):
-        state = {}
-    state.setdefault("services", {})
-    return state
-
-
-def _supervisor_alive(state: dict[str, Any]) -> bool:
-    pid = state.get("supervisor_pid")
-    return pid is not None and alive(int(pid), verb="supervise")
-
-
-def _statuses(repo: Path) -> dict[str, dict[str, Any]]:
-    out = {}
-    for path in run_dir(repo).glob("*.json"):
-        if path.name != STATE_NAME:
-            try:
-                out[path.stem] = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-    return out
 
 
 def _recorded_pids(state: dict[str, Any]) -> dict[str, int]:
@@ -324,7 +326,7 @@ def _stop(repo: Path) -> list[str]:
     state = read_state(repo)
     if "supervisor_pid" not in state:
         return []
-    if _supervisor_alive(state):
+    if supervisor_alive(state):
         _terminate([int(state["supervisor_pid"])], 40, verb="supervise")
     _terminate([p for p in _recorded_pids(state).values() if alive(p)], 15)
     if state.get("broker_started"):
@@ -355,70 +357,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from .output import emit
 
-    state = read_state(args.repo)
-    statuses = _statuses(args.repo)
-    # Without a live supervisor its last word on each service may be stale: pids tell.
-    supervised = state["services"] if _supervisor_alive(state) else {}
-    rows = [
-        _service_row(n, supervised.get(n, {}), statuses.get(n, {}))
-        for n in sorted(set(state["services"]) | set(statuses))
-    ]
-    if "supervisor_pid" in state:
-        rows.append(_supervisor_row(state))
-        rows.append(_broker_row(state))
+    rows = status_rows(args.repo)
+    if not args.json:  # the table has the readable time only
+        rows = [{k: v for k, v in r.items() if k != "last_message_ns"} for r in rows]
     emit(rows, args.json, "no services have run in this repository")
     return 0
-
-
-def _service_row(name: str, sup: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
-    pid = sup.get("pid") if sup else s.get("pid")
-    running = pid is not None and alive(int(pid))
-    started = sup.get("started_at_ns")
-    last = s.get("last_message_ns") or None
-    state = sup.get("state", "running") if sup else "running"
-    if state == "running" and not running:
-        state = "down"  # its supervisor is gone too, or it was never supervised
-    return {
-        "service": name,
-        "state": state,
-        "pid": pid if running else None,
-        "restarts": sup.get("restarts"),
-        "up_s": round((now_ns() - started) / 1e9) if running and started else None,
-        "last_message": None if not last else str(ns_to_iso(last))[:19],
-        "consumed": s.get("consumed"),
-        "produced": s.get("produced"),
-        "failed": s.get("failed"),
-        "dead_lettered": s.get("dead_lettered"),
-        "lag": s.get("lag"),
-        # Seconds spent handling, producing (until acknowledged) and committing.
-        **{k: _seconds(s.get(k)) for k in ("handle_s", "produce_s", "commit_s")},
-        "reason": sup.get("reason") or sup.get("last_exit") or None,
-    }
-
-
-def _supervisor_row(state: dict[str, Any]) -> dict[str, Any]:
-    running = _supervisor_alive(state)
-    return {
-        "service": "supervisor",
-        "state": "running" if running else "stopped",
-        "pid": state.get("supervisor_pid") if running else None,
-        "reason": None
-        if running
-        else "not running: services are not restarted; `obsbus down` then `obsbus up`",
-    }
-
-
-def _broker_row(state: dict[str, Any]) -> dict[str, Any]:
-    bootstrap = state.get("bootstrap") or KafkaSettings().resolved_bootstrap()
-    reachable = broker_reachable(bootstrap)
-    return {
-        "service": "broker",
-        "state": "reachable" if reachable else "unreachable",
-        # Only a broker `up` started is supervised (restarted when it dies).
-        "restarts": state["broker"]["restarts"] if state.get("local_broker") else None,
-        "reason": f"{bootstrap}" + ("" if reachable else ": no broker answers there"),
-    }
-
-
-def _seconds(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)

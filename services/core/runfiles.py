@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+STATE_NAME = "up.json"  # the supervisor's: every service's pid, restarts and state
+
 
 def run_dir(repo: Path) -> Path:
     path = repo.resolve() / "var" / "run"

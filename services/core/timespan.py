@@ -147,3 +147,8 @@ def _tai_minus_unix_ns() -> int:
 def now_ns() -> int:
     """The current moment as TAI nanoseconds (used to stamp history rows)."""
     return time.time_ns() + _tai_minus_unix_ns()
+
+
+def tai_ns_to_unix_s(ns: int) -> float:
+    """A TAI moment as Unix seconds (what Prometheus and browsers count in)."""
+    return (ns - _tai_minus_unix_ns()) / 1e9

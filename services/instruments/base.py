@@ -62,6 +62,8 @@ class Instrument:
     detectors: ClassVar[Sequence[DetectorDef]] = ()
     exposure_max: ClassVar[int] = 2**40
     visit_max: ClassVar[int] = 2**40
+    # How consecutive exposure ids advance (the dashboard flags a gap between two seen).
+    exposure_step: ClassVar[int] = 1
     # The astro_metadata_translator MetadataTranslator subclass for this camera's headers.
     translator: ClassVar[type[Any] | None] = None
     # Package resource folder of curated calibrations ("package:folder"), if any.

@@ -98,6 +98,7 @@ class HyperSuprimeCam(Instrument):
     detectors = tuple(_detector(i, name) for i, name in enumerate(_NAMES))
     exposure_max = 21474800
     visit_max = 21474800
+    exposure_step = 2  # HSC's visit (= exposure) ids are even
     translator = HscTranslator
     curated_calibrations = "services.instruments:_curated_hsc"
 
