@@ -107,6 +107,7 @@ class NightView:
         self.exposures: dict[Key, ExposureState] = {}
         self.in_flight: dict[str, RawArrival] = {}  # path -> arrival without an outcome yet
         self._folder_exposure: dict[str, Key] = {}
+        self._unplaced: dict[str, dict[str, FileState]] = {}  # folder -> outcomes, no exposure
         self.outcomes: Counter[tuple[str, str]] = Counter()  # (status, reason or "") totals
         self.registry_events: Counter[str] = Counter()
         self.latency = Histogram()
@@ -173,7 +174,8 @@ class NightView:
             o.file, o.status, landed_ns, o.reason, o.message, o.detectors, o.dataset_ids, latency_s
         )
         key = self._key_of(o)
-        if key is None:
+        if key is None:  # placed once its folder's exposure is known (outcomes of other
+            self._unplaced.setdefault(_folder(o.file), {})[o.file] = state  # keys may lag)
             return
         exposure = self.exposures.get(key)
         if exposure is None:
@@ -201,6 +203,8 @@ class NightView:
         for path in [p for p in self.in_flight if _folder(p) == folder]:
             arrival = self.in_flight.pop(path)
             exposure.files.setdefault(path, FileState(path, "landed", arrival.detected_at_ns))
+        for path, state in self._unplaced.pop(folder, {}).items():
+            exposure.files.setdefault(path, state)
 
     def _registry_event(self, e: RegistryEvent) -> None:
         self.registry_events[e.kind] += 1
