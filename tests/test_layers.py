@@ -77,15 +77,17 @@ def test_the_readme_names_the_layers_in_order() -> None:
 
 def test_the_readme_services_table_is_the_declarations() -> None:
     from services.handlers import calib, ingest, registry, watcher
+    from services.web import dashboard
 
     readme = (ROOT / "README.md").read_text()
-    for declared in (watcher.SERVICE, ingest.SERVICE, registry.SERVICE, calib.SERVICE):
+    declarations = (watcher, ingest, registry, calib, dashboard)
+    for declared in (m.SERVICE for m in declarations):
         assert _row(declared) in readme, _row(declared)
 
 
 def _row(d: Declaration) -> str:
     reads = ", ".join(f"`{t.name}`" for t in d.reads) or "the landing folders"
-    writes = ", ".join(f"`{t.name}`" for t in d.writes)
+    writes = ", ".join(f"`{t.name}`" for t in d.writes) or "—"
     group = f"`{d.group}`" if d.group else "—"
     batch = str(d.max_records) if d.group else "—"
     return f"| `{d.name}` | {reads} | {writes} | {group} | {batch} |"
