@@ -7,7 +7,7 @@ REPO ?= repo
 EXPOSURES ?= 2
 INTERVAL ?= 2
 
-.PHONY: venv postgres kafka run test lint clean-db clean-kafka
+.PHONY: venv postgres kafka browser run test lint clean-db clean-kafka
 
 venv: $(VENV)/.installed
 
@@ -34,13 +34,18 @@ postgres:
 kafka:
 	bash deploy/kafka.sh start
 
+# Headless Chromium and chromedriver for the dashboard's browser test (Debian packages
+# chromium, chromium-driver); idempotent.
+browser:
+	bash deploy/browser.sh
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 # pytest exits non-zero (5) when no tests are collected: that fails the target.
-test: venv postgres kafka lint
+test: venv postgres kafka browser lint
 	url=$$(bash deploy/postgres.sh url) && kafka=$$(bash deploy/kafka.sh bootstrap) && \
 	OBSBUS_TEST_POSTGRES_URL="$$url" OBSBUS_TEST_KAFKA="$$kafka" \
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

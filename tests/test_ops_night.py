@@ -97,6 +97,9 @@ def test_an_unreadable_file_counts_under_its_folders_exposure() -> None:
     elsewhere = outcome(5, "failed", exposure=None, folder="/landing/x", reason="not-fits")
     v.add(elsewhere)  # no exposure known for its folder: a failure, under no exposure
     assert len(v.exposures) == 1 and v.failures[0]["file"] == elsewhere.file
+    snap = snapshot(v, T0, 3600)
+    assert snap["totals"]["failed"] == 2
+    assert snap["failures"]["by_reason"] == [{"reason": "not-fits", "files": 2}]
 
 
 def test_latency_per_exposure_per_minute_and_as_a_histogram() -> None:

@@ -275,6 +275,10 @@ class NightView:
             for minute, values in sorted(self._latency_by_minute.items())
         ]
 
+    def unplaced_failures(self) -> list[FileState]:
+        """Failed files under no exposure (unreadable, in a folder no exposure has)."""
+        return [f for files in self._unplaced.values() for f in files.values()]
+
     def exposure(self, instrument: str, exposure: int) -> ExposureState | None:
         return self.exposures.get((instrument, exposure))
 

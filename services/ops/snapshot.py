@@ -87,12 +87,17 @@ def snapshot(
         reverse=True,
     )
     rows = [exposure_row(e, now_ns, quiet_s) for e in recent]
+    unplaced = [f for f in view.unplaced_failures() if (f.landed_ns or 0) >= since]
     failed_now: Counter[str] = Counter(
-        f.reason or "unknown" for e in recent for f in e.files.values() if f.status == "failed"
+        f.reason or "unknown"
+        for files in (*(e.files.values() for e in recent), unplaced)
+        for f in files
+        if f.status == "failed"
     )
     totals = Counter[str]()
     for row in rows:
         totals.update({k: row[k] for k in ("ingested", "already_present", "failed")})
+    totals["failed"] += len(unplaced)
     latencies = [f.latency_s for e in recent for f in e.files.values() if f.latency_s is not None]
     blessings = sorted(
         view.blessings.values(), key=lambda b: b.get("requested_at") or "", reverse=True
@@ -107,7 +112,7 @@ def snapshot(
         ),
         "totals": {
             **{k: totals[k] for k in ("ingested", "already_present", "failed")},
-            "landed": sum(r["files"] for r in rows) + len(view.in_flight),
+            "landed": sum(r["files"] for r in rows) + len(view.in_flight) + len(unplaced),
             "exposures": len(rows),
         },
         "exposures": rows[:shown],

@@ -27,7 +27,7 @@ function fill(tbody, rows, empty, columns) {
 function bar(row) {
   const total = row.expected || row.files || 1;
   const done = (100 * row.detectors_done) / total;
-  const failed = (100 * Math.min(row.failed, total)) / total;
+  const failed = Math.min(100 - done, (100 * row.failed) / total);
   return el("div", { class: "bar", title: `${row.detectors_done} of ${row.expected || "?"} detectors registered` },
     el("span", { class: "done", "data-w": done }),
     el("span", { class: "failed", "data-w": failed, "data-l": done }),
@@ -108,7 +108,7 @@ function renderFailures(snap) {
   for (const s of document.querySelectorAll(".r-bar")) s.style.width = 1.5 * s.dataset.w + "px";
   fill($("#failures tbody"), snap.failures.latest.map((f) =>
     el("tr", { "data-file": f.file }, el("td", {}, hhmmss(f.at)), el("td", {}, el("code", {}, text(f.reason))),
-      el("td", { class: "msg", title: f.file }, `${f.file.split("/").pop()}: ${f.message}`))), "no failures", 3);
+      el("td", { class: "msg", title: f.file }, f.message || f.file))), "no failures", 3);
 }
 
 function renderDeadLetters(snap) {
