@@ -106,6 +106,7 @@ class NightView:
         self._max_exposures = max_exposures
         self.exposures: dict[Key, ExposureState] = {}
         self.in_flight: dict[str, RawArrival] = {}  # path -> arrival without an outcome yet
+        self._in_flight_by_folder: dict[str, set[str]] = {}  # the same paths, by folder
         self._folder_exposure: dict[str, Key] = {}
         self._unplaced: dict[str, dict[str, FileState]] = {}  # folder -> outcomes, no exposure
         self.outcomes: Counter[tuple[str, str]] = Counter()  # (status, reason or "") totals
@@ -146,6 +147,7 @@ class NightView:
         exposure = self.exposures.get(key) if key else None
         if exposure is None:
             self.in_flight[a.path] = a
+            self._in_flight_by_folder.setdefault(_folder(a.path), set()).add(a.path)
             return
         known = exposure.files.get(a.path)
         if known is None or known.status == "landed":
@@ -155,6 +157,8 @@ class NightView:
     def _outcome(self, o: IngestOutcome) -> None:
         self.outcomes[(o.status, o.reason or "")] += 1
         arrival = self.in_flight.pop(o.file, None)
+        if arrival is not None:
+            self._in_flight_by_folder.get(_folder(o.file), set()).discard(o.file)
         landed_ns = o.detected_at_ns or (arrival.detected_at_ns if arrival else None)
         latency_s = None
         if landed_ns is not None and o.finished_at_ns >= landed_ns:
@@ -200,7 +204,7 @@ class NightView:
         return exposure
 
     def _claim_in_flight(self, folder: str, exposure: ExposureState) -> None:
-        for path in [p for p in self.in_flight if _folder(p) == folder]:
+        for path in self._in_flight_by_folder.pop(folder, set()):
             arrival = self.in_flight.pop(path)
             exposure.files.setdefault(path, FileState(path, "landed", arrival.detected_at_ns))
         for path, state in self._unplaced.pop(folder, {}).items():
