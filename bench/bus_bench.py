@@ -53,7 +53,16 @@ from typing import Any
 from _bus_common import KAFKA_SCRIPT, PROJECT_ROOT, broker_address, delete_topics, log
 from _bus_follow import Tracker
 from _bus_profile import profile_handlers
-from _bus_report import Burst, arrivals_partition, report
+from _bus_report import (
+    Burst,
+    _decided,
+    _landed,
+    arrivals_partition,
+    file_times,
+    percentile,
+    report,
+    seconds,
+)
 
 from services.bus.admin import ensure_topics, wait_for_broker
 from services.bus.config import KafkaSettings
@@ -275,6 +284,9 @@ def run_services(args: argparse.Namespace, tmp: Path) -> None:
         for name in workers:
             services.start("ingest", name)
         services.start("watcher", "watcher")
+        if args.dashboard != "off":
+            env["OBSBUS_DASHBOARD_PORT"] = "0"
+            services.start("dashboard", "dashboard")
         tracker.start()
         services.wait_ready(90)
         log(
@@ -345,6 +357,10 @@ def measure(
     for k in range(args.exposures):
         time.sleep(max(0.0, next_at - time.monotonic()))
         next_at = time.monotonic() + args.interval
+        if args.dashboard == "alternate":  # odd bursts with it, even ones with it stopped
+            running = k % 2 == 0
+            os.kill(services.procs["dashboard"].pid, signal.SIGCONT if running else signal.SIGSTOP)
+            log(f"burst {k + 1}: dashboard {'running' if running else 'stopped (SIGSTOP)'}")
         start, landed, paths = land(staging, landing, staged[k])
         bursts.append(Burst(k + 1, k + 1, start, landed, paths))
     everything = [p for b in bursts for p in b.paths]
@@ -357,7 +373,11 @@ def measure(
     if not done:
         missing = len(everything) - tracker.outcome_count(everything)
         log(f"TIMEOUT: {missing} of {len(everything)} files had no outcome after {args.timeout} s")
+    if args.dashboard == "alternate":
+        os.kill(services.procs["dashboard"].pid, signal.SIGCONT)
     report(bursts, tracker, owner, workers)
+    if args.dashboard == "alternate":
+        dashboard_ratio(bursts, tracker)
     files = max(1, tracker.outcome_count(everything))
     log(
         f"CPU used from the first burst to the last outcome ({wall:.1f} s wall, "
@@ -378,6 +398,25 @@ def measure(
         log(f"dead letters: {tracker.dead_letters}")
 
 
+def dashboard_ratio(bursts: Sequence[Burst], tracker: Tracker) -> None:
+    """p99 of the bursts with the dashboard running against those with it stopped."""
+    files = file_times(bursts, tracker)
+    p99 = {
+        b.index: percentile(
+            seconds([f for f in files if f.burst == b.index], _landed, _decided), 99
+        )
+        for b in bursts
+    }
+    with_it = [v for i, v in p99.items() if i % 2 == 1]
+    without = [v for i, v in p99.items() if i % 2 == 0]
+    if with_it and without:
+        a, b = sorted(with_it)[len(with_it) // 2], sorted(without)[len(without) // 2]
+        log(
+            f"burst p99, median over bursts: dashboard running {a:.3f} s, stopped {b:.3f} s "
+            f"(ratio {a / b:.2f})"
+        )
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -392,6 +431,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="copy",
         choices=["copy", "hardlink", "direct"],
         help="the ingest workers' datastore transfer (`serve ingest --transfer`)",
+    )
+    p.add_argument(
+        "--dashboard",
+        default="off",
+        choices=["off", "on", "alternate"],
+        help="also run `serve dashboard` (alternate: running for odd bursts, SIGSTOPped for "
+        "even ones, to compare their p99 in one run)",
     )
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for outcomes")
     p.add_argument("--no-profile", action="store_true", help="skip the in-process profile")

@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _bus_common import NS, broker_address, delete_topics, log
 
-from bench._bus_common import NS, broker_address, delete_topics, log
 from services.bus.admin import ensure_topics
 from services.bus.config import KafkaSettings
 from services.bus.topics import ALL_TOPICS, INGEST_OUTCOMES, RAW_ARRIVALS, exposure_key

@@ -106,7 +106,7 @@ def _dashboard(
     board = Dashboard(
         bus, repo, settings.hours * 3600, settings.quiet_s, name=name, status_file=status
     )
-    return DashboardServer(board, settings.host, settings.port)
+    return DashboardServer(board, settings.host, settings.port, settings.nice)
 
 
 def _start_broker() -> tuple[bool, bool]:

@@ -14,3 +14,5 @@ class DashboardSettings(BaseSettings):
     port: int = Field(8642, ge=0, le=65535)  # 0: any free port (the status file says which)
     hours: float = Field(12.0, gt=0)  # the window the page shows
     quiet_s: float = Field(120.0, gt=0)  # an incomplete exposure quiet this long is flagged
+    # Scheduling priority given up (os.nice): watching must not slow ingest on a busy host.
+    nice: int = Field(10, ge=0, le=19)

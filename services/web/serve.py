@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 from pathlib import Path
@@ -37,14 +38,16 @@ def bind(host: str, port: int) -> socket.socket:
 class DashboardServer:
     """The dashboard service as `obsbus serve dashboard` runs it."""
 
-    def __init__(self, dashboard: Dashboard, host: str, port: int) -> None:
-        self.dashboard = dashboard
+    def __init__(self, dashboard: Dashboard, host: str, port: int, nice: int = 0) -> None:
+        self.dashboard, self.nice = dashboard, nice
         self.sock = bind(host, port)
         bound_host, bound_port = self.sock.getsockname()[:2]
         self.url = f"http://{bound_host}:{bound_port}/"
         dashboard.url = self.url
 
     def run(self, stop: threading.Event) -> None:
+        if self.nice:
+            os.nice(self.nice)
         config = uvicorn.Config(
             create_app(self.dashboard), log_config=None, access_log=False, lifespan="off"
         )
