@@ -163,12 +163,16 @@ class Butler:
         *,
         actor: str | None = None,
         writes: WritesFactory = LocalWrites,
+        read_only: bool = False,
     ) -> Butler:
         """Open a repository; its registry changes go to ``writes(registry)`` (by default
-        applied here, in-process: see the class docstring)."""
+        applied here, in-process: see the class docstring). ``read_only``: the registry's
+        database refuses every write (``Registry.open``)."""
         root = Path(root).resolve()
         config = read_config(root)
-        registry = Registry.open(config.db_url(root), config.namespace(), actor or default_actor())
+        registry = Registry.open(
+            config.db_url(root), config.namespace(), actor or default_actor(), read_only=read_only
+        )
         return cls(root, config, registry, writes)
 
     def close(self) -> None:

@@ -90,8 +90,17 @@ class Registry:
         return cls(db, default_universe(), actor)
 
     @classmethod
-    def open(cls, url: str, namespace: str | None = None, actor: str = "obsbus") -> Registry:
-        db = Database(create_engine(url, namespace))
+    def open(
+        cls,
+        url: str,
+        namespace: str | None = None,
+        actor: str = "obsbus",
+        *,
+        read_only: bool = False,
+    ) -> Registry:
+        """Open an existing registry; ``read_only``: the database refuses every write made
+        through it (see ``database.create_engine``)."""
+        db = Database(create_engine(url, namespace, read_only=read_only))
         try:
             with db.transaction(write=False) as conn:
                 versioning.check(conn, f"registry {url}" + (f" ({namespace})" if namespace else ""))
