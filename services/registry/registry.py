@@ -145,9 +145,12 @@ class Registry:
         with self._read() as conn:
             return self.records.fetch(conn, element, key)
 
-    def query_dimension_records(self, element: str, expr: str | None = None) -> list[Record]:
+    def query_dimension_records(
+        self, element: str, expr: str | None = None, *, limit: int | None = None, offset: int = 0
+    ) -> list[Record]:
+        """Records of ``element`` matching ``expr``, in key order; ``limit``/``offset``: a page."""
         with self._read() as conn:
-            return self.records.query(conn, element, expr)
+            return self.records.query(conn, element, expr, limit=limit, offset=offset)
 
     def record_audit(self, element: str | None = None) -> list[Record]:
         with self._read() as conn:
