@@ -163,12 +163,16 @@ class Butler:
         *,
         actor: str | None = None,
         writes: WritesFactory = LocalWrites,
+        read_only: bool = False,
     ) -> Butler:
         """Open a repository; its registry changes go to ``writes(registry)`` (by default
-        applied here, in-process: see the class docstring)."""
+        applied here, in-process: see the class docstring). ``read_only``: the registry's
+        database refuses every write (``Registry.open``)."""
         root = Path(root).resolve()
         config = read_config(root)
-        registry = Registry.open(config.db_url(root), config.namespace(), actor or default_actor())
+        registry = Registry.open(
+            config.db_url(root), config.namespace(), actor or default_actor(), read_only=read_only
+        )
         return cls(root, config, registry, writes)
 
     def close(self) -> None:
@@ -282,13 +286,14 @@ class Butler:
         if match is None:
             where = " at " + str(timespan) if timespan is not None else ""
             raise DatasetNotFoundError(
-                f"no {parent} for {self._typed(data_id)} in {', '.join(collections)}{where}"
+                f"no {parent} for {self.typed_data_id(data_id)} in {', '.join(collections)}{where}"
             )
         return match
 
-    def _typed(self, data_id: Mapping[str, Any]) -> dict[str, Any]:
+    def typed_data_id(self, data_id: Mapping[str, Any]) -> dict[str, Any]:
         """Data ID values as the registry holds them (``detector=3`` from the CLI is 3, not
-        '3'), for messages; a value that is not a dimension's, or does not convert, stays."""
+        '3'), for messages and answers; a value that is not a dimension's, or does not convert,
+        stays."""
         out = dict(data_id)
         for name, value in data_id.items():
             try:
@@ -341,7 +346,7 @@ class Butler:
         if component is None:
             return match, self.get(match.ref)
         wanted = self.component_parameters(match.ref, component)
-        typed = self._typed(data_id)
+        typed = self.typed_data_id(data_id)
         parameters = {name: typed[name] for name in wanted if name in typed}
         return match, self.get(match.ref, component, parameters=parameters)
 

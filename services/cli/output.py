@@ -56,12 +56,3 @@ def ref_row(
         row["uri"] = butler.datastore.uri(stored)
         row["formatter"] = stored.formatter
     return row
-
-
-def record_row(record: Mapping[str, Any]) -> dict[str, Any]:
-    """A dimension record as a flat object (its timespan as begin/end ISO TAI)."""
-    row = {k: v for k, v in record.items() if k != "timespan"}
-    if "timespan" in record:
-        ts: Timespan | None = record["timespan"]
-        row["begin"], row["end"] = ts.to_iso() if ts is not None else (None, None)
-    return row

@@ -15,11 +15,17 @@ import yaml
 from ..butler import Butler
 from ..core.dimensions import parse_data_id_args
 from ..core.errors import DataIdError, InputError
-from ..core.timespan import Timespan, now_ns, ns_to_iso, parse_time, time_to_ns
-from ..registry.calib_lookup import find_all_calibrations
+from ..core.timespan import Timespan, ns_to_iso
+from ..registry.calib_lookup import (
+    as_of_moment,
+    find_all_calibrations,
+    lookup_queries,
+    lookup_timespan,
+)
 from ..registry.collections import CollectionType
+from ..registry.records import flat_record
 from ..registry.registry import CalibrationMatch
-from .output import emit, record_row, ref_row
+from .output import emit, ref_row
 
 Sub = Any
 
@@ -143,26 +149,15 @@ def cmd_query_datasets(args: argparse.Namespace) -> int:
 def cmd_query_dimension_records(args: argparse.Namespace) -> int:
     with Butler.open(args.repo) as butler:
         records = butler.registry.query_dimension_records(args.element, args.where)
-    emit([record_row(r) for r in records], args.json, f"no {args.element} records")
+    emit([flat_record(r) for r in records], args.json, f"no {args.element} records")
     return 0
 
 
 def _when(butler: Butler, args: argparse.Namespace, values: dict[str, Any]) -> Timespan | None:
     """The timespan a lookup is for, expanding ``values`` with the exposure's if given."""
-    if args.exposure is not None:
-        if "instrument" not in values:
-            raise DataIdError("--exposure needs --data-id instrument=NAME")
-        ((expanded, ts),) = butler.registry.with_exposures([{**values, "exposure": args.exposure}])
-        values.update(expanded)
-        return ts
-    if args.time is not None:
-        return Timespan.at(args.time)
-    return None
-
-
-def _as_of(args: argparse.Namespace) -> int:
-    # Always answer "as of" a definite moment and report it, so the answer can be reproduced.
-    return time_to_ns(parse_time(args.as_of)) if args.as_of else now_ns()
+    if args.exposure is not None and "instrument" not in values:
+        raise DataIdError("--exposure needs --data-id instrument=NAME")
+    return lookup_timespan(butler.registry, values, time=args.time, exposure=args.exposure)
 
 
 def cmd_get(args: argparse.Namespace) -> int:
@@ -170,7 +165,9 @@ def cmd_get(args: argparse.Namespace) -> int:
         values: dict[str, Any] = parse_data_id_args(args.data_id)
         ts = _when(butler, args, values)
         if args.uri or args.output:
-            match = butler.find(args.dataset_type, values, args.collections, ts, _as_of(args))
+            match = butler.find(
+                args.dataset_type, values, args.collections, ts, as_of_moment(args.as_of)
+            )
             if args.uri:
                 print(butler.uri(match.ref))
             else:
@@ -178,7 +175,7 @@ def cmd_get(args: argparse.Namespace) -> int:
                 print(f"wrote {args.output}")
         else:
             found = butler.find_and_get(
-                args.dataset_type, values, args.collections, ts, _as_of(args)
+                args.dataset_type, values, args.collections, ts, as_of_moment(args.as_of)
             )
             _print_object(found[1], args.json)
     return 0
@@ -221,7 +218,7 @@ def _print_object(obj: Any, as_json: bool) -> None:
 
 
 def cmd_find_calibration(args: argparse.Namespace) -> int:
-    as_of = _as_of(args)
+    as_of = as_of_moment(args.as_of)
     with Butler.open(args.repo) as butler:
         shared: dict[str, Any] = parse_data_id_args(args.data_id)
         if args.pairs is not None:
@@ -260,37 +257,21 @@ def _find_many(
 
 def _pair_queries(
     butler: Butler, args: argparse.Namespace, shared: dict[str, Any]
-) -> list[tuple[dict[str, Any], Timespan]]:
+) -> list[tuple[Mapping[str, Any], Timespan]]:
     """The (data ID, timespan) lookups of a ``--pairs`` table, exposures expanded."""
     from .repo_commands import read_table_rows
 
-    lookups = [{**shared, **row} for row in read_table_rows(args.pairs)]
-    registry = butler.registry
-    if any("exposure" not in d and "time" not in d for d in lookups):
-        raise InputError(f"{args.pairs}: every row needs an exposure or a time column")
-    with_exposure = [i for i, d in enumerate(lookups) if "exposure" in d]
-    exposure_id = registry.universe["exposure"].key
-    assert exposure_id is not None
-    for i in with_exposure:
-        where = f"{args.pairs} row {i + 1}"
-        if lookups[i].get("instrument") is None:
-            raise DataIdError(
-                f"{where}: an exposure lookup needs an instrument; add an instrument column "
-                "or --data-id instrument=NAME"
-            )
-        lookups[i]["exposure"] = exposure_id.coerce(lookups[i]["exposure"], f"{where}: exposure")
-    queries: list[tuple[dict[str, Any], Timespan]] = [
-        (d, Timespan(0, 1) if "exposure" in d else Timespan.at(str(d["time"]))) for d in lookups
-    ]  # exposure rows get their real timespan just below
-    expanded = registry.with_exposures([lookups[i] for i in with_exposure])
-    for i, item in zip(with_exposure, expanded, strict=True):
-        queries[i] = item
-    return queries
+    return lookup_queries(
+        butler.registry,
+        [{**shared, **row} for row in read_table_rows(args.pairs)],
+        str(args.pairs),
+        "add an instrument column or --data-id instrument=NAME",
+    )
 
 
 def cmd_find_calibrations(args: argparse.Namespace) -> int:
     """Every calibration type's dataset that applies, per lookup; "none" where none does."""
-    as_of = _as_of(args)
+    as_of = as_of_moment(args.as_of)
     with Butler.open(args.repo) as butler:
         shared: dict[str, Any] = parse_data_id_args(args.data_id)
         if args.pairs is not None:

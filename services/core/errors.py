@@ -51,6 +51,12 @@ class SchemaVersionError(RepoError):
     code = "schema_version"
 
 
+class ReadOnlyError(RepoError):
+    """A write was asked of a repository opened read-only (as the HTTP API opens it)."""
+
+    code = "read_only"
+
+
 class DatabaseError(ObsbusError):
     """The database refused or failed an operation that obsbus did not anticipate."""
 

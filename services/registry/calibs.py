@@ -28,6 +28,7 @@ from sqlalchemy import (
     or_,
     select,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, RowMapping
 
 from ..core.errors import CalibrationAmbiguityError, CalibrationOverlapError
@@ -317,48 +318,72 @@ class CalibrationManager:
         queries: Sequence[tuple[str, Timespan]],
         as_of: int | None,
     ) -> list[list[Validity]]:
-        """All live matches for many (data ID key, timespan) queries in one joined query."""
+        """All live matches for many (data ID key, timespan) queries in one joined query.
+
+        Nothing is written to the repository's tables, so it works in a read-only session:
+        on PostgreSQL the queries are bound as four arrays and read back with ``unnest`` (a
+        temporary table is a CREATE, refused in a READ ONLY transaction); SQLite puts them
+        in a temporary table, which lives outside the database file (also when the file is
+        opened read-only).
+        """
         if not queries:
             return []  # (an empty executemany is deprecated in SQLAlchemy)
+        rows = [
+            {"idx": i, "data_id_key": k, "begin_ns": ts.db_begin, "end_ns": ts.db_end}
+            for i, (k, ts) in enumerate(queries)
+        ]
+        if conn.dialect.name == "postgresql":
+            arrays = {name: [r[name] for r in rows] for name in _QUERY_TYPES}
+            return self._bulk_join(conn, _UNNESTED, arrays, collection_ids, type_id, as_of, rows)
         tmp = Table(
             f"calib_query_{uuid.uuid4().hex[:12]}",
             MetaData(),
-            Column("idx", Integer, primary_key=True),
-            Column("data_id_key", String(512)),
-            Column("begin_ns", BigInteger),
-            Column("end_ns", BigInteger),
+            *(
+                Column(name, type_, primary_key=name == "idx")
+                for name, type_ in _QUERY_TYPES.items()
+            ),
             prefixes=["TEMPORARY"],
         )
         tmp.create(conn)
         try:
-            conn.execute(
-                tmp.insert(),
-                [
-                    {"idx": i, "data_id_key": k, "begin_ns": ts.db_begin, "end_ns": ts.db_end}
-                    for i, (k, ts) in enumerate(queries)
-                ],
-            )
-            c, q = self._v.c, tmp.c
-            stmt = (
-                select(q.idx, self._v)
-                .join(
-                    self._v,
-                    and_(
-                        c.data_id_key == q.data_id_key, c.begin_ns < q.end_ns, c.end_ns > q.begin_ns
-                    ),
-                )
-                .where(
-                    c.collection_id.in_(collection_ids),
-                    c.dataset_type_id == type_id,
-                    self._live(as_of),
-                )
-            )
-            out: list[list[Validity]] = [[] for _ in queries]
-            for row in conn.execute(stmt).mappings():
-                out[row["idx"]].append(self._row_validity(row))
-            return out
+            conn.execute(tmp.insert(), rows)
+            return self._bulk_join(conn, tmp, {}, collection_ids, type_id, as_of, rows)
         finally:
             tmp.drop(conn)
+
+    def _bulk_join(
+        self,
+        conn: Connection,
+        q: Any,
+        params: Mapping[str, Any],
+        collection_ids: Sequence[int],
+        type_id: int,
+        as_of: int | None,
+        rows: Sequence[Mapping[str, Any]],
+    ) -> list[list[Validity]]:
+        """The live ranges overlapping each query row of ``q`` (a table, or a table function
+        of bound ``params``)."""
+        c = self._v.c
+        stmt = (
+            select(q.c.idx, self._v)
+            .join(
+                self._v,
+                and_(
+                    c.data_id_key == q.c.data_id_key,
+                    c.begin_ns < q.c.end_ns,
+                    c.end_ns > q.c.begin_ns,
+                ),
+            )
+            .where(
+                c.collection_id.in_(collection_ids),
+                c.dataset_type_id == type_id,
+                self._live(as_of),
+            )
+        )
+        out: list[list[Validity]] = [[] for _ in rows]
+        for row in conn.execute(stmt, params).mappings():
+            out[row["idx"]].append(self._row_validity(row))
+        return out
 
     def live(
         self,
@@ -373,3 +398,20 @@ class CalibrationManager:
             stmt = stmt.where(c.dataset_type_id == type_id)
         rows = conn.execute(stmt.order_by(c.dataset_type_id, c.data_id_key, c.begin_ns))
         return [self._row_validity(r) for r in rows.mappings()]
+
+
+# The columns of the bulk lookup's query rows.
+_QUERY_TYPES: dict[str, Any] = {
+    "idx": Integer(),
+    "data_id_key": String(512),
+    "begin_ns": BigInteger(),
+    "end_ns": BigInteger(),
+}
+
+# PostgreSQL: the query rows as ``unnest`` of one bound array per column (four parameters
+# however many rows).
+_UNNESTED = (
+    func.unnest(*(bindparam(name, type_=ARRAY(t)) for name, t in _QUERY_TYPES.items()))
+    .table_valued(*(sqlalchemy.column(name, t) for name, t in _QUERY_TYPES.items()))
+    .render_derived()
+)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy
 from sqlalchemy import event
@@ -29,37 +31,55 @@ def sqlstate(err: sqlalchemy.exc.DBAPIError) -> str | None:
     return getattr(err.orig, "sqlstate", None)
 
 
-def create_engine(url: str, namespace: str | None = None) -> Engine:
-    """An engine for ``url``; ``namespace`` is a PostgreSQL schema holding this repo's tables."""
+def create_engine(url: str, namespace: str | None = None, *, read_only: bool = False) -> Engine:
+    """An engine for ``url``; ``namespace`` is a PostgreSQL schema holding this repo's tables.
+
+    ``read_only``: every connection refuses writes in the database itself. SQLite opens the
+    file with ``mode=ro`` (a missing file is an error, not a new empty database); PostgreSQL
+    sessions start with ``default_transaction_read_only=on``, so every transaction is
+    READ ONLY and an INSERT, UPDATE, DELETE or CREATE fails (SQLSTATE 25006).
+    """
     try:
         parsed = sqlalchemy.make_url(url)
     except sqlalchemy.exc.ArgumentError as err:
         raise DatabaseError(f"cannot read database URL {url!r}: {err}") from None
     if parsed.get_backend_name() == "sqlite":
+        if read_only:
+            parsed = _sqlite_read_only(parsed)
         engine = sqlalchemy.create_engine(parsed, connect_args={"timeout": 60})
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, read_only=read_only)
         return engine
     if parsed.get_backend_name() == "postgresql":
-        connect_args: dict[str, Any] = {}
-        if namespace:
-            connect_args["options"] = f"-csearch_path={namespace},public"
+        options = [f"-csearch_path={namespace},public"] if namespace else []
+        if read_only:
+            options.append("-cdefault_transaction_read_only=on")
+        connect_args: dict[str, Any] = {"options": " ".join(options)} if options else {}
         return sqlalchemy.create_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
     raise DatabaseError(
         f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or postgresql+psycopg://"
     )
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _sqlite_read_only(url: sqlalchemy.URL) -> sqlalchemy.URL:
+    """The same SQLite file as a read-only URI (``file:PATH?mode=ro``)."""
+    if not url.database or url.database == ":memory:":
+        raise DatabaseError("a read-only SQLite registry needs a database file")
+    path = Path(url.database).resolve()
+    return url.set(database=f"file:{quote(str(path))}", query={"mode": "ro", "uri": "true"})
+
+
+def _configure_sqlite(engine: Engine, *, read_only: bool = False) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy (below) decide when transactions begin, not the sqlite3 module.
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit survives a power cut. The services commit Kafka offsets right after,
-        # so a commit that WAL's NORMAL mode could lose would be a lost command.
-        cursor.execute("PRAGMA synchronous=FULL")
+        if not read_only:  # both change the file; a reader takes the file as it is (WAL)
+            cursor.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit survives a power cut. The services commit Kafka offsets right
+            # after, so a commit that WAL's NORMAL mode could lose would be a lost command.
+            cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
 
     @event.listens_for(engine, "begin")

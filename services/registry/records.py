@@ -93,13 +93,24 @@ class DimensionRecords:
                 out[tuple(row[c] for c in element.key_columns)] = self._from_row(element, row)
         return out
 
-    def query(self, conn: Connection, element_name: str, expr: str | None = None) -> list[Record]:
+    def query(
+        self,
+        conn: Connection,
+        element_name: str,
+        expr: str | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Record]:
+        """Records of an element in key order (so ``limit``/``offset`` pages are stable)."""
         element = self.universe[element_name]
         table = self.table(element_name)
         stmt = select(table)
         if expr:
             stmt = stmt.where(to_sql(parse(expr), self._resolver(element, table)))
         stmt = stmt.order_by(*(table.c[k] for k in element.key_columns))
+        if limit is not None or offset:
+            stmt = stmt.limit(limit).offset(offset)
         return [self._from_row(element, r) for r in conn.execute(stmt).mappings()]
 
     def _resolver(self, element: Element, table: Table) -> Any:
@@ -219,6 +230,16 @@ class DimensionRecords:
         if element_name:
             stmt = stmt.where(table.c.element == element_name)
         return [dict(r) for r in conn.execute(stmt).mappings()]
+
+
+def flat_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A dimension record as a flat object: its timespan as ``begin``/``end`` (ISO TAI, None
+    where unbounded or absent), every other field as it is."""
+    row = {k: v for k, v in record.items() if k != "timespan"}
+    if "timespan" in record:
+        ts: Timespan | None = record["timespan"]
+        row["begin"], row["end"] = ts.to_iso() if ts is not None else (None, None)
+    return row
 
 
 def _diff(element: Element, old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:

@@ -90,8 +90,17 @@ class Registry:
         return cls(db, default_universe(), actor)
 
     @classmethod
-    def open(cls, url: str, namespace: str | None = None, actor: str = "obsbus") -> Registry:
-        db = Database(create_engine(url, namespace))
+    def open(
+        cls,
+        url: str,
+        namespace: str | None = None,
+        actor: str = "obsbus",
+        *,
+        read_only: bool = False,
+    ) -> Registry:
+        """Open an existing registry; ``read_only``: the database refuses every write made
+        through it (see ``database.create_engine``)."""
+        db = Database(create_engine(url, namespace, read_only=read_only))
         try:
             with db.transaction(write=False) as conn:
                 versioning.check(conn, f"registry {url}" + (f" ({namespace})" if namespace else ""))
@@ -136,9 +145,12 @@ class Registry:
         with self._read() as conn:
             return self.records.fetch(conn, element, key)
 
-    def query_dimension_records(self, element: str, expr: str | None = None) -> list[Record]:
+    def query_dimension_records(
+        self, element: str, expr: str | None = None, *, limit: int | None = None, offset: int = 0
+    ) -> list[Record]:
+        """Records of ``element`` matching ``expr``, in key order; ``limit``/``offset``: a page."""
         with self._read() as conn:
-            return self.records.query(conn, element, expr)
+            return self.records.query(conn, element, expr, limit=limit, offset=offset)
 
     def record_audit(self, element: str | None = None) -> list[Record]:
         with self._read() as conn:
