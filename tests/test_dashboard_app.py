@@ -110,3 +110,15 @@ def test_the_stream_sends_the_snapshot_live(night: tuple[Dashboard, list[Path]])
         stop.set()
         thread.join(15)
     assert not thread.is_alive()
+
+
+def test_the_dashboard_serves_the_read_only_api_too(
+    night: tuple[Dashboard, list[Path]], empty_butler: Butler
+) -> None:
+    board, _ = night
+    client = TestClient(create_app(board, empty_butler))
+    names = [t["name"] for t in client.get("/api/v1/dataset-types").json()["items"]]
+    assert "raw" in names
+    assert "/api/v1/datasets" in client.get("/api/v1/openapi.json").json()["paths"]
+    bad = client.get("/api/v1/collections", params={"limit": 5000})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "bad_input"

@@ -106,7 +106,11 @@ def _dashboard(
     board = Dashboard(
         bus, repo, settings.hours * 3600, settings.quiet_s, name=name, status_file=status
     )
-    return DashboardServer(board, settings.host, settings.port, settings.nice)
+    from ..web.readonly import open_read_only
+
+    # The API's reads never write: the database refuses them (services/web/readonly.py).
+    butler = open_read_only(repo)
+    return DashboardServer(board, settings.host, settings.port, settings.nice, butler)
 
 
 def _start_broker() -> tuple[bool, bool]:

@@ -12,8 +12,6 @@ Run it with ``python -m services.web.api REPO [--host H] [--port P]``.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from fnmatch import fnmatchcase
@@ -25,8 +23,7 @@ from sqlalchemy.engine import Connection
 
 from ..butler import Butler
 from ..core.dimensions import parse_data_id_args
-from ..core.errors import InputError, ObsbusError
-from ..core.logging import configure_logging
+from ..core.errors import InputError
 from ..core.timespan import ns_to_iso
 from ..core.where_parser import parse
 from ..registry.calib_lookup import as_of_moment, lookup_queries, lookup_timespan
@@ -310,25 +307,3 @@ def create_api(repo: str | Path) -> FastAPI:
     app.include_router(api_router(butler), prefix=PREFIX)
     add_error_handlers(app)
     return app
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import uvicorn
-
-    parser = argparse.ArgumentParser(description="Serve a repository's read-only HTTP API.")
-    parser.add_argument("repo", type=Path)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args(argv)
-    configure_logging()
-    try:
-        app = create_api(args.repo)
-    except ObsbusError as err:
-        print(f"obsbus api: error: {err}", file=sys.stderr)
-        return 1
-    uvicorn.run(app, host=args.host, port=args.port)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,6 +6,7 @@
 - ``GET /ops/stream``: the same, as server-sent events, one each time it changes.
 - ``GET /ops/exposures/{instrument}/{exposure}``: one exposure's files and datasets.
 - ``GET /metrics``: the Prometheus text format (services/ops/metrics.py says what and why).
+- ``/api/v1/...``: the read-only registry API (api.py), when the app is given a repository.
 """
 
 from __future__ import annotations
@@ -17,25 +18,34 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from ..butler import Butler
 from ..ops.metrics import exposition
+from .api import PREFIX, api_router
 from .dashboard import Dashboard
+from .errors import add_error_handlers
 
 STATIC = importlib.resources.files("services.web") / "static"
 
 
-def create_app(dashboard: Dashboard, stream_every_s: float = 1.0) -> FastAPI:
-    app = FastAPI(title="obsbus dashboard", docs_url=None, redoc_url=None)
+def create_app(
+    dashboard: Dashboard, butler: Butler | None = None, stream_every_s: float = 1.0
+) -> FastAPI:
+    """The app; with ``butler`` (opened read-only) also the read-only API under /api/v1."""
+    app = FastAPI(
+        title="obsbus",
+        summary="The ops dashboard, /metrics and the read-only registry API",
+        openapi_url=f"{PREFIX}/openapi.json",
+        docs_url=f"{PREFIX}/docs",
+        redoc_url=None,
+    )
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
-
-    @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
-        return JSONResponse(
-            {"error": {"code": "not-found", "message": str(err.detail)}}, err.status_code
-        )
+    add_error_handlers(app)
+    if butler is not None:
+        app.include_router(api_router(butler), prefix=PREFIX)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 import structlog
 import uvicorn
 
+from ..butler import Butler
 from ..core.errors import ConfigError
 from .app import create_app
 from .dashboard import Dashboard
@@ -38,8 +39,15 @@ def bind(host: str, port: int) -> socket.socket:
 class DashboardServer:
     """The dashboard service as `obsbus serve dashboard` runs it."""
 
-    def __init__(self, dashboard: Dashboard, host: str, port: int, nice: int = 0) -> None:
-        self.dashboard, self.nice = dashboard, nice
+    def __init__(
+        self,
+        dashboard: Dashboard,
+        host: str,
+        port: int,
+        nice: int = 0,
+        butler: Butler | None = None,
+    ) -> None:
+        self.dashboard, self.nice, self.butler = dashboard, nice, butler
         self.sock = bind(host, port)
         bound_host, bound_port = self.sock.getsockname()[:2]
         self.url = f"http://{bound_host}:{bound_port}/"
@@ -49,7 +57,10 @@ class DashboardServer:
         if self.nice:
             os.nice(self.nice)
         config = uvicorn.Config(
-            create_app(self.dashboard), log_config=None, access_log=False, lifespan="off"
+            create_app(self.dashboard, self.butler),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
         )
         server = uvicorn.Server(config)
         threads = [
@@ -67,6 +78,8 @@ class DashboardServer:
             for t in threads:
                 t.join(10)
             self.sock.close()
+            if self.butler is not None:
+                self.butler.close()
 
 
 def _exit_on(stop: threading.Event, server: uvicorn.Server) -> None:
